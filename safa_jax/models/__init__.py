@@ -1,0 +1,40 @@
+"""Backbone registry: configs name a model and a head; build_model turns them into a module.
+
+A new backbone (ResNet-50, ...) is one more entry in _BUILDERS.
+"""
+
+from collections.abc import Callable
+
+from flax import nnx
+
+from safa_jax.models.heads import HEADS, NormedLinear
+from safa_jax.models.resnet_cifar import ResNetCifar
+
+# "resnet32" is the CIFAR ResNet family of the reference; blocks_per_stage=5 makes it ResNet-32.
+_BUILDERS: dict[str, Callable[..., nnx.Module]] = {"resnet32": ResNetCifar}
+MODEL_NAMES = tuple(_BUILDERS)
+
+__all__ = ["HEADS", "MODEL_NAMES", "NormedLinear", "ResNetCifar", "build_model"]
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    width: int,
+    blocks_per_stage: int,
+    head: str,
+    rngs: nnx.Rngs,
+) -> ResNetCifar:
+    """The backbone `name` (one of MODEL_NAMES); the model itself validates the other arguments."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+    return _BUILDERS[name](
+        num_classes,
+        in_channels=in_channels,
+        width=width,
+        blocks_per_stage=blocks_per_stage,
+        head=head,
+        rngs=rngs,
+    )

@@ -1,0 +1,27 @@
+"""CIFAR-10-LT with ResNet-32, the LDAM-DRW recipe (REFERENCE.md).
+
+Usage: --config=configs/cifar10_lt.py:200 selects the imbalance factor rho (default 100).
+Data: tfds:cifar10 by default; the real images in ../shared/data/cifar10 work with
+--config.data.source=folder:../shared/data/cifar10.
+"""
+
+from configs import common
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def cifar_lt_config(dataset: str, arg: str | None):
+    """The shared CIFAR-LT recipe; `arg` is the imbalance factor as text."""
+    config = common.get_config()
+    config.data.source = f"tfds:{dataset}"
+    config.data.imbalance_factor = float(arg) if arg else 100.0
+    config.data.mean = CIFAR_MEAN
+    config.data.std = CIFAR_STD
+    config.data.image_size = 32
+    config.data.channels = 3
+    return config
+
+
+def get_config(arg: str | None = None):
+    return cifar_lt_config("cifar10", arg)

@@ -1,0 +1,87 @@
+"""Defaults shared by every config: the CIFAR-LT recipe of LDAM-DRW (REFERENCE.md) and SAFA's (R) defaults.
+
+Dataset configs import `get_config()` from here and override what differs. Every field can be changed
+from the command line: `--config.loss.name=ldam`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # --- data -----------------------------------------------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    # "digits" (scikit-learn's bundled 8x8 digits, no download), "tfds:NAME" (e.g. tfds:cifar10),
+    # or "folder:PATH" (PATH/{train,test}/<class>/<image>).
+    config.data.source = "digits"
+    config.data.data_dir = ""  # tfds data_dir; "" = tfds default.
+    config.data.subsample = True  # False: train on the data as it is (already long-tailed).
+    config.data.imbalance_factor = 100.0  # rho = n_max / n_min of the exponential profile.
+    config.data.selection = "ldam"  # "ldam" | "first" | "random": which images each class keeps.
+    config.data.selection_seed = 0  # seed for "ldam" (0 reproduces the LDAM-DRW code) and "random".
+    config.data.image_size = 32  # images are resized to this square size.
+    config.data.channels = 3  # 1 (grey) or 3 (RGB); images are converted.
+    # Per-channel normalisation in [0, 1] pixel units; empty = computed from the training split.
+    config.data.mean = ()
+    config.data.std = ()
+    config.data.augment = True  # pad-4 random crop + horizontal flip, as in the CIFAR recipe.
+    config.data.crop_padding = 4
+
+    # --- model ----------------------------------------------------------------------------------
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet32"
+    config.model.width = 16  # channels of stage 1 (16, 32, 64 in ResNet-32).
+    config.model.blocks_per_stage = 5  # 5 = ResNet-32 (6n + 2 layers).
+    config.model.head = "auto"  # "linear" | "normed" | "auto" (normed for LDAM, linear otherwise).
+
+    # --- base loss ------------------------------------------------------------------------------
+    config.loss = ml_collections.ConfigDict()
+    config.loss.name = "ce"  # "ce" | "focal" | "ldam"
+    # "none" | "reweight" (class-balanced weights from the start) | "resample" (class-balanced
+    # sampling from the start) | "drw" (deferred re-weighting) | "drs" (deferred re-sampling).
+    config.loss.train_rule = "none"
+    config.loss.second_stage_epoch = 160  # DRW / DRS switch on at this (0-based) epoch.
+    config.loss.cb_beta = 0.9999
+    config.loss.focal_gamma = 1.0
+    config.loss.ldam_max_margin = 0.5
+    config.loss.ldam_scale = 30.0
+
+    # --- optimisation ---------------------------------------------------------------------------
+    config.batch_size = 128  # global batch, independent of the device count.
+    config.eval_batch_size = 100
+    config.num_epochs = 200
+    config.num_train_steps = -1  # cap on steps; -1 = num_epochs * steps_per_epoch.
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 0.1
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 2e-4  # L2 added to the gradient of every parameter, as in PyTorch SGD.
+    config.optim.warmup_epochs = 5  # linear warm-up per epoch: lr * (epoch + 1) / warmup_epochs.
+    config.optim.decay_epochs = (160, 180)  # from these (0-based) epochs ...
+    config.optim.decay_factors = (0.01, 0.0001)  # ... lr = base lr * factor.
+
+    # --- SAFA (see docs/method.md; (R) = our reconstruction) -------------------------------------
+    config.safa = ml_collections.ConfigDict()
+    config.safa.enabled = False
+    config.safa.stage = 2  # insert after stage 1, 2 or 3 of the backbone.
+    config.safa.head_ratio = 0.2  # (R) top fraction of classes by count that are head classes.
+    config.safa.num_slots = -1  # (R) generated tail features per batch; -1 = batch_size // 2.
+    config.safa.start_epoch = 160  # (R) augmented features join the classification loss from here.
+    config.safa.q_width = -1  # (R) contrastive module width; -1 = the feature's channel count.
+    config.safa.lambda_reconstruction = 1.0  # (R)
+    config.safa.lambda_contrastive = 0.1  # (R)
+    config.safa.lambda_ms_head = 0.01  # (R)
+    config.safa.lambda_ms_tail = 0.01  # (R)
+    config.safa.use_reconstruction = True  # ablation switches of the paper.
+    config.safa.use_contrastive = True
+    config.safa.use_ms_head = True
+    config.safa.use_ms_tail = True
+    config.safa.ms_eps = 0.01  # (R) mode-seeking 1 / (ratio + eps); MSGAN's 1e-5 explodes.
+
+    # --- run ------------------------------------------------------------------------------------
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 1000  # also saved at every epoch end that is a multiple, and at the end.
+    config.keep_checkpoints = 3
+    config.eval_every_epochs = 10  # 0 = only at the end.
+    return config

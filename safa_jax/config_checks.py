@@ -1,0 +1,65 @@
+"""Checks of a config that run before any data is read or any model is compiled.
+
+Each error names the field, the bad value and what is allowed. Checks that need the data (a head ratio
+that leaves no tail class, a dataset smaller than a batch) run right after loading, still before training.
+"""
+
+from safa_jax.data.sources import validate_data_config
+from safa_jax.losses.base import validate_loss_config
+from safa_jax.models import HEADS, MODEL_NAMES
+
+SAFA_STAGES = (1, 2, 3)
+
+
+def _positive_int(value, field: str) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"config.{field} must be a positive integer, got {value!r}")
+
+
+def validate_config(config) -> None:
+    """Raises ValueError on the first problem found in `config`."""
+    validate_data_config(config.data)
+    if config.model.name not in MODEL_NAMES:
+        raise ValueError(f"unknown model config.model.name={config.model.name!r}; "
+                         f"allowed: {', '.join(MODEL_NAMES)}")
+    if config.model.head not in (*HEADS, "auto"):
+        raise ValueError(f"unknown config.model.head={config.model.head!r}; "
+                         f"allowed: {', '.join((*HEADS, 'auto'))}")
+    _positive_int(config.model.width, "model.width")
+    _positive_int(config.model.blocks_per_stage, "model.blocks_per_stage")
+    validate_loss_config(config.loss, num_classes=None)
+    for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
+                  "checkpoint_every_steps", "keep_checkpoints"):
+        _positive_int(config[field], field)
+    if config.num_train_steps != -1:
+        _positive_int(config.num_train_steps, "num_train_steps (or -1 for no cap)")
+    if config.eval_every_epochs < 0:
+        raise ValueError(f"config.eval_every_epochs must be >= 0 (0 = only at the end), "
+                         f"got {config.eval_every_epochs}")
+    optim = config.optim
+    if len(optim.decay_epochs) != len(optim.decay_factors):
+        raise ValueError(f"config.optim.decay_epochs {tuple(optim.decay_epochs)} and "
+                         f"config.optim.decay_factors {tuple(optim.decay_factors)} must have the same length")
+    if optim.learning_rate <= 0 or optim.weight_decay < 0 or not 0 <= optim.momentum < 1:
+        raise ValueError("config.optim needs learning_rate > 0, weight_decay >= 0 and 0 <= momentum < 1; "
+                         f"got {optim.learning_rate}, {optim.weight_decay}, {optim.momentum}")
+    _validate_safa(config.safa)
+
+
+def _validate_safa(safa) -> None:
+    if safa.stage not in SAFA_STAGES:
+        raise ValueError(f"config.safa.stage={safa.stage!r} is not a placement; allowed: 1 (after stage 1), "
+                         "2 (after stage 2), 3 (after the last stage, before pooling)")
+    if not 0.0 < safa.head_ratio < 1.0:
+        raise ValueError(f"config.safa.head_ratio={safa.head_ratio} must lie in (0, 1)")
+    if safa.num_slots != -1:
+        _positive_int(safa.num_slots, "safa.num_slots (or -1 for batch_size // 2)")
+    if safa.q_width != -1:
+        _positive_int(safa.q_width, "safa.q_width (or -1 for the feature's channel count)")
+    if safa.start_epoch < 0:
+        raise ValueError(f"config.safa.start_epoch must be >= 0, got {safa.start_epoch}")
+    if safa.ms_eps <= 0:
+        raise ValueError(f"config.safa.ms_eps must be > 0, got {safa.ms_eps}")
+    for name in ("lambda_reconstruction", "lambda_contrastive", "lambda_ms_head", "lambda_ms_tail"):
+        if safa[name] < 0:
+            raise ValueError(f"config.safa.{name} must be >= 0, got {safa[name]}")

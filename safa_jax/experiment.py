@@ -1,0 +1,148 @@
+"""A run's static parts, built once from its config: data, models, optimizer, schedule, mesh, initial state.
+
+Training, evaluation and visualisation all start from `build_experiment`, so they agree on how a config
+becomes a model, and a checkpoint is only restored into the model that wrote it.
+"""
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from safa_jax import checkpointing, sharding
+from safa_jax.config_checks import validate_config
+from safa_jax.data import device_pipeline
+from safa_jax.data.sources import LongTailedData, load_data
+from safa_jax.models import build_model
+from safa_jax.models.safa import SafaModules, head_class_mask
+from safa_jax.state import NnxBridge, TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What a run builds once from its config and data: models, optimizer, schedule, mesh."""
+
+    config: ml_collections.ConfigDict
+    data: LongTailedData
+    mesh: jax.sharding.Mesh
+    backbone: NnxBridge
+    safa: NnxBridge | None
+    optimizer: optax.GradientTransformation
+    steps_per_epoch: int
+    num_train_steps: int
+    is_head_class: np.ndarray
+
+
+def resolve_config(config: ml_collections.ConfigDict, data: LongTailedData) -> ml_collections.ConfigDict:
+    """Replaces the 'auto'/-1 fields by the values they stand for; the result is what config.json records."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.model.head == "auto":
+        config.model.head = "normed" if config.loss.name == "ldam" else "linear"
+    if config.safa.num_slots == -1:
+        config.safa.num_slots = max(1, config.batch_size // 2)
+    return config
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> Callable:
+    """The LDAM-DRW schedule, per epoch: linear warm-up lr*(e+1)/warmup, then lr*factor from each decay epoch."""
+    base = optim.learning_rate
+    warmup = optim.warmup_epochs
+    decays = sorted(zip(optim.decay_epochs, optim.decay_factors))
+
+    def schedule(count):
+        epoch = count // steps_per_epoch
+        lr = jnp.asarray(base, jnp.float32)
+        if warmup > 0:
+            lr = jnp.where(epoch < warmup, base * (epoch + 1) / warmup, lr)
+        for decay_epoch, factor in decays:
+            lr = jnp.where(epoch >= decay_epoch, base * factor, lr)
+        return lr
+
+    return schedule
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    """PyTorch SGD: L2 weight decay added to the gradient of every parameter, then heavy-ball momentum."""
+    return optax.chain(
+        optax.add_decayed_weights(optim.weight_decay),
+        optax.sgd(learning_rate_schedule(optim, steps_per_epoch), momentum=optim.momentum))
+
+
+def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData | None = None,
+                     mesh: jax.sharding.Mesh | None = None) -> tuple[Experiment, TrainState]:
+    """Validates the config, loads the data, builds the models and the initial (replicated) state."""
+    validate_config(config)
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    sharding.check_batch_divisible(config.batch_size, mesh, "config.batch_size")
+    data = load_data(config.data) if data is None else data
+    config = resolve_config(config, data)
+    spe = device_pipeline.steps_per_epoch(len(data.train_labels), config.batch_size)
+    total_steps = config.num_epochs * spe
+    num_train_steps = total_steps if config.num_train_steps == -1 else min(config.num_train_steps, total_steps)
+
+    rngs = nnx.Rngs(config.seed)
+    model = build_model(config.model.name, num_classes=data.num_classes, in_channels=data.train_images.shape[-1],
+                        width=config.model.width, blocks_per_stage=config.model.blocks_per_stage,
+                        head=config.model.head, rngs=rngs)
+    backbone, params, stats = NnxBridge.split(model)
+    params, stats = {"backbone": params}, {"backbone": stats}
+    safa_bridge = None
+    is_head_class = np.zeros(data.num_classes, bool)
+    if config.safa.enabled:
+        is_head_class = head_class_mask(data.class_counts, config.safa.head_ratio)
+        channels = model.feature_shape(config.safa.stage, data.train_images.shape[1])[-1]
+        if config.safa.q_width == -1:
+            config.safa.q_width = channels
+        modules = SafaModules(channels, q_width=config.safa.q_width, rngs=rngs)
+        safa_bridge, params["safa"], stats["safa"] = NnxBridge.split(modules)
+
+    optimizer = make_optimizer(config.optim, spe)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                       opt_state=optimizer.init(params))
+    state = sharding.put_replicated(state, mesh)
+    experiment = Experiment(config=config, data=data, mesh=mesh, backbone=backbone, safa=safa_bridge,
+                            optimizer=optimizer, steps_per_epoch=spe, num_train_steps=num_train_steps,
+                            is_head_class=is_head_class)
+    return experiment, state
+
+
+def split_record(data: LongTailedData) -> dict[str, Any]:
+    """What split.json and the checkpoint metadata record about the training subset."""
+    return {
+        "class_names": list(data.class_names),
+        "class_counts": [int(n) for n in data.class_counts],
+        "source_class_counts": [int(n) for n in data.source_class_counts],
+        "train_ids": [int(i) for i in data.train_ids],
+        "num_train": int(len(data.train_labels)),
+        "num_test": int(len(data.test_labels)),
+    }
+
+
+def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as JSON-ready data (tuples become lists, as they will after a JSON round trip)."""
+    return json.loads(config.to_json())
+
+
+def restore_if_any(experiment: Experiment, checkpoints: checkpointing.Checkpoints, state: TrainState,
+                   step: int | None = None) -> TrainState:
+    """The state of the latest (or the given) checkpoint, after checking it belongs to this model and split."""
+    step = checkpoints.latest_step() if step is None else step
+    if step is None:
+        return state
+    saved = checkpoints.metadata(step)
+    checkpointing.check_compatible(saved["config"], config_record(experiment.config),
+                                   experiment.data.num_classes, len(saved["split"]["class_counts"]),
+                                   checkpoints.directory)
+    abstract = checkpointing.abstract_like(state, sharding.replicated(experiment.mesh))
+    logging.info("Restoring checkpoint at step %d from %s", step, checkpoints.directory)
+    return checkpoints.restore(step, abstract)
+
+

@@ -1,0 +1,167 @@
+"""ResNet for CIFAR (ResNet-32 by default) as in the LDAM-DRW reference code, split for SAFA.
+
+The reference is kaidic/LDAM-DRW `models/resnet_cifar.py` (itself from akamaster's
+pytorch_resnet_cifar10), on which the published long-tailed CIFAR numbers were trained. Layer
+layout, option-A shortcuts, padding and initialisation match it; see ../shared/REFERENCE.md.
+
+SAFA augments the feature map inside the network, so the forward pass is exposed in two halves:
+`lower(x, s)` runs the stem and stages 1..s, `upper(F, s)` runs stages s+1..3 and the pooling,
+and `classify` applies the head. `model(x)` is `classify(upper(lower(x, 3), 3))`.
+
+One difference from PyTorch that cannot be removed: Flax's BatchNorm keeps the biased batch
+variance in its running average where PyTorch keeps the unbiased one (a factor n/(n-1) with n the
+number of pixels in the batch, 1 + 8e-6 at batch 128 and 32x32).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from safa_jax.models.heads import HEADS, KAIMING_NORMAL, build_head
+
+# PyTorch's padding=1 on every 3x3 conv. "SAME" would pad a stride-2 conv on an even size by
+# (0, 1) instead of (1, 1), moving every output window one pixel off the option-A shortcut's
+# x[::2, ::2] grid.
+_PAD_ONE = ((1, 1), (1, 1))
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel_size=(3, 3),
+        strides=stride,
+        padding=_PAD_ONE,
+        use_bias=False,
+        kernel_init=KAIMING_NORMAL,
+        rngs=rngs,
+    )
+
+
+def _batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    # Flax momentum 0.9 is PyTorch's momentum 0.1 (Flax weights the old running value).
+    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+def option_a_shortcut(x: jax.Array, planes: int) -> jax.Array:
+    """The parameter-free "option A" shortcut: every second pixel, channels zero-padded by planes//4 each side.
+
+    It halves H and W and takes C channels to C + 2 * (planes // 4), which is `planes` when the
+    stage doubles the width.
+    """
+    pad = planes // 4
+    return jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
+
+
+class BasicBlock(nnx.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, *, rngs: nnx.Rngs):
+        self.conv1 = _conv3x3(in_planes, planes, stride, rngs=rngs)
+        self.bn1 = _batch_norm(planes, rngs=rngs)
+        self.conv2 = _conv3x3(planes, planes, 1, rngs=rngs)
+        self.bn2 = _batch_norm(planes, rngs=rngs)
+        self.planes = planes
+        self.changes_shape = stride != 1 or in_planes != planes
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        out = self.bn2(self.conv2(out), use_running_average=not train)
+        shortcut = option_a_shortcut(x, self.planes) if self.changes_shape else x
+        return nnx.relu(out + shortcut)
+
+
+class ResNetCifar(nnx.Module):
+    """ResNet-32 for CIFAR exactly as REFERENCE.md / the LDAM-DRW reference code (resnet32 in models/resnet_cifar.py).
+
+    Depth is 6 * blocks_per_stage + 2: blocks_per_stage=5 is ResNet-32 (about 0.46 M parameters
+    for 10 classes). `width` is the stem's and stage 1's channel count (16 in the reference);
+    stages 2 and 3 have 2 * width and 4 * width.
+    """
+
+    num_stages = 3
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        width: int = 16,
+        blocks_per_stage: int = 5,
+        head: str = "linear",
+        rngs: nnx.Rngs,
+    ):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        if width < 2 or width % 2:
+            raise ValueError(
+                f"width must be a positive even number (option-A shortcuts pad planes // 4 channels "
+                f"on each side, so 2 * width must divide by 4), got {width}"
+            )
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be at least 1, got {blocks_per_stage}")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
+        self.width = width
+        self.stem_conv = _conv3x3(in_channels, width, 1, rngs=rngs)
+        self.stem_bn = _batch_norm(width, rngs=rngs)
+        stages = []
+        in_planes = width
+        for stage in range(1, self.num_stages + 1):
+            planes = self.stage_channels(stage)
+            first_stride = 1 if stage == 1 else 2
+            blocks = [BasicBlock(in_planes, planes, first_stride, rngs=rngs)]
+            blocks += [BasicBlock(planes, planes, 1, rngs=rngs) for _ in range(blocks_per_stage - 1)]
+            stages.append(nnx.List(blocks))
+            in_planes = planes
+        self.stages = nnx.List(stages)
+        self.head = build_head(head, in_planes, num_classes, rngs=rngs)
+
+    def _check_stage(self, stage: int) -> None:
+        if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
+            raise ValueError(f"stage must be one of 1..{self.num_stages}, got {stage!r}")
+
+    def stage_channels(self, stage: int) -> int:
+        """Channels of the feature map after `stage` (1..3)."""
+        self._check_stage(stage)
+        return self.width * 2 ** (stage - 1)
+
+    def feature_shape(self, stage: int, image_size: int) -> tuple[int, int, int]:
+        """(H, W, C) of `lower(x, stage)` for square inputs of side `image_size`.
+
+        Stages 2 and 3 each halve the side, rounding up (3x3 conv, padding 1, stride 2).
+        """
+        self._check_stage(stage)
+        if image_size < 1:
+            raise ValueError(f"image_size must be at least 1, got {image_size}")
+        side = image_size
+        for _ in range(stage - 1):
+            side = (side + 1) // 2
+        return side, side, self.stage_channels(stage)
+
+    def lower(self, x: jax.Array, stage: int, *, train: bool) -> jax.Array:
+        """Stem and stages 1..stage: the feature map F on which SAFA works (NHWC)."""
+        self._check_stage(stage)
+        out = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+        for stage_index in range(stage):
+            for block in self.stages[stage_index]:
+                out = block(out, train=train)
+        return out
+
+    def upper(self, features: jax.Array, stage: int, *, train: bool) -> jax.Array:
+        """Stages stage+1..3 on a feature map from `lower(x, stage)`, then global average pooling -> (B, C)."""
+        self._check_stage(stage)
+        out = features
+        for stage_index in range(stage, self.num_stages):
+            for block in self.stages[stage_index]:
+                out = block(out, train=train)
+        return jnp.mean(out, axis=(1, 2))
+
+    def classify(self, pooled: jax.Array) -> jax.Array:
+        """Logits from pooled features (B, C): linear, or cosines for the normed head."""
+        return self.head(pooled)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.classify(self.upper(self.lower(x, self.num_stages, train=train), self.num_stages, train=train))

@@ -1,0 +1,227 @@
+"""Training: one jitted, sharded step that draws, augments and classifies a batch, with SAFA optional.
+
+The whole (small, long-tailed) training set lives on the devices as uint8; each step draws its batch
+inside jit from `fold_in(seed, step)`, so the input never stalls the step and a resumed run sees exactly
+the batches of an uninterrupted one. The step is compiled in two variants, before and after augmented
+features join the classification loss (their shapes differ); the host picks one per step.
+"""
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from safa_jax import checkpointing, evaluate, metrics, sharding
+from safa_jax.data import device_pipeline
+from safa_jax.data.sources import LongTailedData
+from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
+                                 restore_if_any, split_record)
+from safa_jax.losses.base import balanced_sampling_at, make_base_loss
+from safa_jax.models.safa import safa_augment, safa_total_loss
+from safa_jax.state import NnxBridge, TrainState, count_params
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+    """The training set on the devices (replicated) and its class-balanced sampling probabilities."""
+
+    images: jax.Array
+    labels: jax.Array
+    balanced_probs: jax.Array
+
+
+def put_training_data(experiment: Experiment) -> DeviceData:
+    """Class-balanced sampling weighs each example by 1 / (its class's count), as the ImbalancedDatasetSampler
+    of the LDAM-DRW code: every class is drawn equally often."""
+    data = experiment.data
+    probs = device_pipeline.class_balanced_sample_probs(data.train_labels, 1.0 / data.class_counts)
+    host = (data.train_images, data.train_labels.astype(np.int32), probs.astype(np.float32))
+    return DeviceData(*sharding.put_replicated(host, experiment.mesh))
+
+
+def make_train_step(experiment: Experiment, *, with_augmented: bool) -> Callable:
+    """jit(state, data_images, data_labels, balanced_probs, seed_key) -> (state, metrics).
+
+    `with_augmented`: SAFA's generated tail features join the classification loss (from safa.start_epoch).
+    """
+    config, mesh = experiment.config, experiment.mesh
+    spe, batch_size = experiment.steps_per_epoch, config.batch_size
+    base_loss = make_base_loss(config.loss, experiment.data.class_counts)
+    mean, std = experiment.data.mean, experiment.data.std
+    safa_cfg = config.safa
+    use_safa = experiment.safa is not None
+    is_head_class = jnp.asarray(experiment.is_head_class)
+    batch_sharding = sharding.batch_sharded(mesh)
+    num_examples = len(experiment.data.train_labels)
+    schedule = learning_rate_schedule(config.optim, spe)
+
+    def draw_batch(images, labels, balanced_probs, key, step, epoch):
+        k_order, k_balanced, k_augment = jax.random.split(key, 3)
+        ordered = device_pipeline.epoch_batch_indices(k_order, step, num_examples=num_examples,
+                                                      batch_size=batch_size)
+        balanced = device_pipeline.balanced_batch_indices(k_balanced, step, sample_probs=balanced_probs,
+                                                          batch_size=batch_size)
+        index = jnp.where(balanced_sampling_at(config.loss, epoch), balanced, ordered)
+        x = images[index]
+        if config.data.augment:
+            x = device_pipeline.augment_batch(x, k_augment, padding=config.data.crop_padding, flip=True)
+        else:
+            x = x.astype(jnp.float32) / 255.0
+        x = device_pipeline.normalize(x, mean, std)
+        x = jax.lax.with_sharding_constraint(x, batch_sharding)
+        y = jax.lax.with_sharding_constraint(labels[index], batch_sharding)
+        return x, y
+
+    def loss_fn(params, batch_stats, x, y, epoch, key):
+        backbone = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
+        new_stats, aux = {}, {}
+        weights = jnp.ones(y.shape, jnp.float32)
+        if use_safa:
+            features = backbone.lower(x, safa_cfg.stage, train=True)
+            modules = experiment.safa.merge(params["safa"], batch_stats["safa"])
+            out = safa_augment(modules, features, y, is_head_class, key, num_slots=safa_cfg.num_slots,
+                               safa_config=safa_cfg, train=True)
+            new_stats["safa"] = NnxBridge.batch_stats_of(modules)
+            safa_loss = safa_total_loss(out.terms, safa_cfg)
+            aux.update({f"safa/{name}": value for name, value in out.terms.items()})
+            aux.update({f"safa/{name}": value for name, value in out.stats.items()})
+            if with_augmented:
+                features = jnp.concatenate([features, out.features.astype(features.dtype)])
+                y_all = jnp.concatenate([y, out.labels])
+                weights = jnp.concatenate([weights, out.weights])
+            else:
+                y_all = y
+            logits = backbone.classify(backbone.upper(features, safa_cfg.stage, train=True))
+        else:
+            y_all, safa_loss = y, 0.0
+            logits = backbone(x, train=True)
+        new_stats["backbone"] = NnxBridge.batch_stats_of(backbone)
+        cls_loss = base_loss(logits, y_all, weights, epoch)
+        real_logits = logits[:y.shape[0]]
+        aux["classification_loss"] = cls_loss
+        aux["train_accuracy"] = jnp.mean(jnp.argmax(real_logits, -1) == y) * 100.0
+        return cls_loss + safa_loss, (new_stats, aux)
+
+    def step_fn(state: TrainState, images, labels, balanced_probs, seed_key):
+        step = state.step
+        epoch = step // spe
+        key = jax.random.fold_in(seed_key, step)
+        k_batch, k_safa = jax.random.split(key)
+        x, y = draw_batch(images, labels, balanced_probs, k_batch, step, epoch)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (new_stats, aux)), grads = grad_fn(state.params, state.batch_stats, x, y, epoch, k_safa)
+        updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics_out = dict(aux, loss=loss, learning_rate=schedule(step), grad_norm=optax.global_norm(grads))
+        new_state = TrainState(step=step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+        return new_state, metrics_out
+
+    replicated = sharding.replicated(mesh)
+    return jax.jit(step_fn, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       *, mesh: jax.sharding.Mesh | None = None,
+                       data: LongTailedData | None = None) -> dict[str, Any]:
+    """Trains (resuming from the run folder's latest checkpoint if any), evaluates, returns the final summary.
+
+    `mesh` and `data` default to all devices and `config.data`; tests pass small ones.
+    """
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    experiment, state = build_experiment(config, mesh=mesh, data=data)
+    config, data = experiment.config, experiment.data
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(json.dumps(config_record(config), indent=2))
+        (workdir / "split.json").write_text(json.dumps(split_record(data)))
+    logging.info("Data %s: %d train images in %d classes (counts %s ... %s), %d test images",
+                 config.data.source, len(data.train_labels), data.num_classes, data.class_counts[:3].tolist(),
+                 data.class_counts[-3:].tolist(), len(data.test_labels))
+    logging.info("Backbone %s: %d parameters; SAFA modules: %s", config.model.name,
+                 count_params(state.params["backbone"]),
+                 count_params(state.params["safa"]) if "safa" in state.params else "off")
+
+    checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+    state = restore_if_any(experiment, checkpoints, state)
+    metadata = {"config": config_record(config), "split": split_record(data)}
+    writer = metrics.create_writer(workdir, is_main_process=is_main)
+    if int(state.step) == 0:
+        writer.write_hparams({k: v for k, v in config_record(config).items() if not isinstance(v, dict)})
+
+    device_data = put_training_data(experiment)
+    seed_key = jax.random.key(config.seed)
+    steps = {flag: make_train_step(experiment, with_augmented=flag) for flag in (False, True)}
+    predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std)
+    from clu import periodic_actions  # clu pulls in TensorFlow: keep it off the import path of the package.
+    progress = periodic_actions.ReportProgress(num_train_steps=experiment.num_train_steps, writer=writer,
+                                               every_secs=30.0)
+
+    spe = experiment.steps_per_epoch
+    last_saved = checkpoints.latest_step()
+    pending: list[dict[str, jax.Array]] = []
+    step = int(state.step)
+    start_time = time.time()
+    while step < experiment.num_train_steps:
+        epoch = step // spe
+        with_augmented = experiment.safa is not None and epoch >= config.safa.start_epoch
+        state, step_metrics = steps[with_augmented](state, device_data.images, device_data.labels,
+                                                    device_data.balanced_probs, seed_key)
+        pending.append(step_metrics)
+        step += 1
+        progress(step)
+        end_of_epoch = step % spe == 0
+        if step % config.log_every_steps == 0 or step == experiment.num_train_steps:
+            summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
+            pending = []
+            _check_finite(summary, step, last_saved, checkpoints)
+            writer.write_scalars(step, dict(summary, epoch=epoch))
+        if step % config.checkpoint_every_steps == 0 or step == experiment.num_train_steps:
+            _check_finite(_latest_loss(step_metrics), step, last_saved, checkpoints)
+            checkpoints.save(step, state, metadata)
+            last_saved = step
+        if (config.eval_every_epochs and end_of_epoch and (step // spe) % config.eval_every_epochs == 0
+                and step != experiment.num_train_steps):
+            summary = evaluate.evaluate_state(experiment, state, predict)
+            writer.write_scalars(step, {f"test/{k}": v for k, v in summary.items()
+                                        if isinstance(v, float)})
+    checkpoints.wait()
+    logging.info("Training done: %d steps in %.1f s this session", step, time.time() - start_time)
+    final = evaluate.evaluate_state(experiment, state, predict)
+    writer.write_scalars(step, {f"test/{k}": v for k, v in final.items() if isinstance(v, float)})
+    writer.flush()
+    if is_main:
+        metrics.write_summary(final, data.class_names, workdir)
+    checkpoints.close()
+    return final
+
+
+def _stack(pending: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    return {k: jnp.stack([m[k] for m in pending]) for k in pending[0]}
+
+
+def _latest_loss(step_metrics: dict[str, jax.Array]) -> dict[str, float]:
+    return {"loss": float(step_metrics["loss"])}
+
+
+def _check_finite(summary: dict[str, float], step: int, last_saved: int | None,
+                  checkpoints: checkpointing.Checkpoints) -> None:
+    if not np.isfinite(summary["loss"]):
+        kept = (f"the last good checkpoint (step {last_saved}) is kept in {checkpoints.directory}"
+                if last_saved is not None else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"the training loss became {summary['loss']} by step {step}; stopping. {kept}. "
+            "Lower config.optim.learning_rate or check the data.")

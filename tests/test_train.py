@@ -1,0 +1,139 @@
+"""The train step and loop: schedule, optimizer, 8 devices vs 1, resume, exact evaluation."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from safa_jax import evaluate, sharding
+from safa_jax.experiment import build_experiment, learning_rate_schedule, make_optimizer
+from safa_jax.train import make_train_step, put_training_data, train_and_evaluate
+from tests.helpers import tiny_config, tiny_data
+
+
+def test_learning_rate_schedule_matches_ldam_drw_reference():
+    """The reference: e+1 <= 5 -> lr*(e+1)/5; e >= 180 -> lr*1e-4; e >= 160 -> lr*0.01 (0-based epoch e)."""
+    from configs import common
+    optim = common.get_config().optim
+    schedule = learning_rate_schedule(optim, steps_per_epoch=10)
+
+    def reference(epoch):
+        if epoch + 1 <= 5:
+            return 0.1 * (epoch + 1) / 5
+        if epoch + 1 > 180:
+            return 0.1 * 0.0001
+        if epoch + 1 > 160:
+            return 0.1 * 0.01
+        return 0.1
+
+    for epoch in (0, 1, 4, 5, 100, 159, 160, 179, 180, 199):
+        for step in (epoch * 10, epoch * 10 + 9):
+            np.testing.assert_allclose(float(schedule(step)), reference(epoch), rtol=1e-6)
+
+
+def test_optimizer_is_pytorch_sgd_with_l2_weight_decay():
+    """Two steps of PyTorch SGD(momentum=0.9, weight_decay=wd) computed by hand."""
+    config = tiny_config()
+    config.optim.warmup_epochs = 0
+    config.optim.decay_epochs = ()
+    config.optim.decay_factors = ()
+    tx = make_optimizer(config.optim, steps_per_epoch=1)
+    p = jnp.array([1.0, -2.0])
+    g1, g2 = jnp.array([0.5, 0.25]), jnp.array([-1.0, 2.0])
+    state = tx.init(p)
+    u, state = tx.update(g1, state, p)
+    p1 = p + u
+    u, state = tx.update(g2, state, p1)
+    p2 = p1 + u
+    lr, m, wd = 0.1, 0.9, 2e-4
+    buf = np.array(g1) + wd * np.array(p)
+    e1 = np.array(p) - lr * buf
+    buf = m * buf + np.array(g2) + wd * e1
+    e2 = e1 - lr * buf
+    np.testing.assert_allclose(p1, e1, rtol=1e-6)
+    np.testing.assert_allclose(p2, e2, rtol=1e-6)
+
+
+def _run_steps(config, data, mesh, num_steps):
+    experiment, state = build_experiment(config, data=data, mesh=mesh)
+    device_data = put_training_data(experiment)
+    key = jax.random.key(config.seed)
+    history = []
+    for _ in range(num_steps):
+        epoch = int(state.step) // experiment.steps_per_epoch
+        flag = experiment.safa is not None and epoch >= config.safa.start_epoch
+        step = make_train_step(experiment, with_augmented=flag)
+        state, metrics = step(state, device_data.images, device_data.labels, device_data.balanced_probs, key)
+        history.append(jax.device_get(metrics))
+    return jax.device_get(state), history
+
+
+@pytest.mark.parametrize("safa", [False, True], ids=["plain", "safa"])
+def test_eight_devices_match_one(safa):
+    """Same loss and parameters after 3 steps on a 1-device mesh and an 8-device mesh (global-view jit)."""
+    assert jax.device_count() >= 8, "conftest sets 8 fake CPU devices"
+    config = tiny_config(safa__enabled=safa, safa__start_epoch=0, loss__name="ldam", loss__train_rule="drw")
+    data = tiny_data()
+    one, hist_one = _run_steps(config, data, sharding.make_mesh(jax.devices()[:1]), 3)
+    eight, hist_eight = _run_steps(config, data, sharding.make_mesh(jax.devices()[:8]), 3)
+    for a, b in zip(hist_one, hist_eight):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-5)
+    flat_one = jax.tree.leaves(one.params)
+    flat_eight = jax.tree.leaves(eight.params)
+    assert len(flat_one) == len(flat_eight)
+    for a, b in zip(flat_one, flat_eight):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    if safa:
+        assert "safa" in one.params
+        assert hist_one[-1]["safa/valid_slots"] > 0
+
+
+def test_resumed_run_matches_uninterrupted(tmp_path):
+    """Stop after 3 steps (a checkpoint), resume to 7; parameters equal an uninterrupted 7-step run."""
+    data = tiny_data()
+    mesh = sharding.make_mesh(jax.devices()[:2])
+    base = dict(num_train_steps=7, safa__enabled=True, safa__start_epoch=1)
+    train_and_evaluate(tiny_config(**base), tmp_path / "straight", mesh=mesh, data=data)
+    train_and_evaluate(tiny_config(**dict(base, num_train_steps=3)), tmp_path / "resumed", mesh=mesh, data=data)
+    train_and_evaluate(tiny_config(**base), tmp_path / "resumed", mesh=mesh, data=data)
+    from safa_jax.checkpointing import Checkpoints
+    straight, resumed = Checkpoints(tmp_path / "straight"), Checkpoints(tmp_path / "resumed")
+    assert straight.latest_step() == resumed.latest_step() == 7
+    assert 3 in resumed.all_steps()
+    experiment, state = build_experiment(tiny_config(**base), data=data, mesh=mesh)
+    from safa_jax.checkpointing import abstract_like
+    abstract = abstract_like(state, sharding.replicated(mesh))
+    a = straight.restore(7, abstract)
+    b = resumed.restore(7, abstract)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    results = json.loads((tmp_path / "resumed" / "eval_results.json").read_text())
+    assert results["step"] == 7
+
+
+def test_eval_counts_every_example_once_with_a_partial_last_batch():
+    """23 test examples at batch 7 on 8 devices (padded to 8): each example counted exactly once."""
+    data = tiny_data(num_test_per_class=5)
+    config = tiny_config()
+    mesh = sharding.make_mesh(jax.devices()[:8])
+    experiment, state = build_experiment(config, data=data, mesh=mesh)
+    images, labels = data.test_images[:23], data.test_labels[:23]
+    calls = []
+
+    def predict_label_as_class(params, stats, batch):
+        calls.append(batch.shape[0])
+        # A "model" that predicts class 0 for every image: the correct count is the number of class-0 examples.
+        return jnp.zeros((batch.shape[0], data.num_classes)).at[:, 0].set(1.0)
+
+    correct, total = evaluate.count_correct(predict_label_as_class, None, None, images, labels,
+                                            data.num_classes, 7, mesh)
+    assert total.tolist() == np.bincount(labels, minlength=4).tolist()
+    assert total.sum() == 23
+    assert correct.tolist() == [5, 0, 0, 0]
+    assert calls == [8, 8, 8]  # batch 7 rounded up to the 8 devices; 23 = 8 + 8 + 7 (+1 pad)
+    predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std)
+    correct, total = evaluate.count_correct(predict, state.params["backbone"], state.batch_stats["backbone"],
+                                            images, labels, data.num_classes, 7, mesh)
+    assert total.sum() == 23 and 0 <= correct.sum() <= 23
