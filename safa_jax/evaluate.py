@@ -16,7 +16,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from safa_jax import checkpointing, metrics, sharding
-from safa_jax.data.device_pipeline import normalize
+from safa_jax.data.device_pipeline import normalize, to_unit_float
+from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import Experiment, build_experiment, restore_if_any
 from safa_jax.state import NnxBridge, TrainState
 
@@ -28,7 +29,7 @@ def make_predict_fn(backbone: NnxBridge, mean, std) -> Callable:
     @jax.jit
     def predict(params, batch_stats, images):
         model = backbone.merge(params, batch_stats)
-        x = normalize(images.astype(jnp.float32) / 255.0, mean, std)
+        x = normalize(to_unit_float(images), mean, std)
         return model(x, train=False)
 
     return predict
@@ -63,13 +64,17 @@ def evaluate_state(experiment: Experiment, state: TrainState, predict: Callable)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                        *, step: int | None = None, mesh: Mesh | None = None) -> dict[str, Any]:
-    """Restores the latest (or the given) checkpoint of `workdir` on the devices present and evaluates it."""
+                        *, step: int | None = None, mesh: Mesh | None = None,
+                        data: LongTailedData | None = None) -> dict[str, Any]:
+    """Restores the latest (or the given) checkpoint of `workdir` on the devices present and evaluates it.
+
+    `mesh` and `data` default to all devices and `config.data`; tests pass small ones.
+    """
     workdir = pathlib.Path(workdir)
     checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
     if checkpoints.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint to evaluate in {checkpoints.directory}")
-    experiment, state = build_experiment(config, mesh=mesh)
+    experiment, state = build_experiment(config, mesh=mesh, data=data)
     state = restore_if_any(experiment, checkpoints, state, step)
     predict = make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std)
     summary = evaluate_state(experiment, state, predict)

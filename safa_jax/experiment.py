@@ -22,7 +22,7 @@ from safa_jax.config_checks import validate_config
 from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData, load_data
 from safa_jax.models import build_model
-from safa_jax.models.safa import SafaModules, head_class_mask
+from safa_jax.models.safa import SafaModules, head_class_mask, resolve_num_slots
 from safa_jax.state import NnxBridge, TrainState
 
 
@@ -46,8 +46,7 @@ def resolve_config(config: ml_collections.ConfigDict, data: LongTailedData) -> m
     config = ml_collections.ConfigDict(config.to_dict())
     if config.model.head == "auto":
         config.model.head = "normed" if config.loss.name == "ldam" else "linear"
-    if config.safa.num_slots == -1:
-        config.safa.num_slots = max(1, config.batch_size // 2)
+    config.safa.num_slots = resolve_num_slots(config.safa.num_slots, config.batch_size)
     return config
 
 

@@ -5,6 +5,7 @@ Flags and dispatch only; the work is in train.py and evaluate.py. Without --conf
 """
 
 import pathlib
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,12 +27,17 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax  # noqa: PLC0415  (after safa_jax set the XLA flags)
     logging.info("JAX %s on %d device(s): %s", jax.__version__, jax.device_count(), jax.devices()[0].device_kind)
-    if _MODE.value == "train":
-        from safa_jax.train import train_and_evaluate
-        summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    else:
-        from safa_jax.evaluate import evaluate_checkpoint
-        summary = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
+    try:
+        if _MODE.value == "train":
+            from safa_jax.train import train_and_evaluate
+            summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        else:
+            from safa_jax.evaluate import evaluate_checkpoint
+            summary = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (config, data, checkpoint) is reported as one clear line, not a traceback.
+        logging.error("%s", error)
+        sys.exit(f"safa_jax: error: {error}")
     print(f"top-1 error {summary['top1_error']:.2f}% (accuracy {summary['top1_accuracy']:.2f}%) "
           f"at step {summary['step']}; results in {_WORKDIR.value}")
 

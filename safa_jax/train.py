@@ -26,7 +26,8 @@ from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
                                  restore_if_any, split_record)
 from safa_jax.losses.base import balanced_sampling_at, make_base_loss
-from safa_jax.models.safa import safa_augment, safa_total_loss
+from safa_jax.losses.safa import safa_total_loss
+from safa_jax.models.safa import safa_augment
 from safa_jax.state import NnxBridge, TrainState, count_params
 
 
@@ -79,7 +80,7 @@ def make_train_step(experiment: Experiment, *, with_augmented: bool) -> Callable
         if config.data.augment:
             x = device_pipeline.augment_batch(x, k_augment, padding=config.data.crop_padding, flip=True)
         else:
-            x = x.astype(jnp.float32) / 255.0
+            x = device_pipeline.to_unit_float(x)
         x = device_pipeline.normalize(x, mean, std)
         x = jax.lax.with_sharding_constraint(x, batch_sharding)
         y = jax.lax.with_sharding_constraint(labels[index], batch_sharding)
@@ -98,6 +99,7 @@ def make_train_step(experiment: Experiment, *, with_augmented: bool) -> Callable
             safa_loss = safa_total_loss(out.terms, safa_cfg)
             aux.update({f"safa/{name}": value for name, value in out.terms.items()})
             aux.update({f"safa/{name}": value for name, value in out.stats.items()})
+            aux.update({f"safa/part/{name}": value for name, value in out.parts.items()})
             if with_augmented:
                 features = jnp.concatenate([features, out.features.astype(features.dtype)])
                 y_all = jnp.concatenate([y, out.labels])

@@ -115,7 +115,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
 
 def test_eval_counts_every_example_once_with_a_partial_last_batch():
     """23 test examples at batch 7 on 8 devices (padded to 8): each example counted exactly once."""
-    data = tiny_data(num_test_per_class=5)
+    data = tiny_data(num_test_per_class=6)
     config = tiny_config()
     mesh = sharding.make_mesh(jax.devices()[:8])
     experiment, state = build_experiment(config, data=data, mesh=mesh)
@@ -131,7 +131,8 @@ def test_eval_counts_every_example_once_with_a_partial_last_batch():
                                             data.num_classes, 7, mesh)
     assert total.tolist() == np.bincount(labels, minlength=4).tolist()
     assert total.sum() == 23
-    assert correct.tolist() == [5, 0, 0, 0]
+    assert total.tolist() == [6, 6, 6, 5]
+    assert correct.tolist() == [6, 0, 0, 0]
     assert calls == [8, 8, 8]  # batch 7 rounded up to the 8 devices; 23 = 8 + 8 + 7 (+1 pad)
     predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std)
     correct, total = evaluate.count_correct(predict, state.params["backbone"], state.batch_stats["backbone"],

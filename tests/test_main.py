@@ -1,0 +1,142 @@
+"""The command line end to end (mock tfds data, an image-folder tree), and clear errors on bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from safa_jax.checkpointing import CheckpointMismatchError
+from safa_jax.experiment import build_experiment
+from tests.helpers import tiny_config, tiny_data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_FLAGS = [
+    "--config.model.width=4", "--config.model.blocks_per_stage=1", "--config.data.image_size=8",
+    "--config.data.crop_padding=2", "--config.batch_size=8", "--config.eval_batch_size=7",
+    "--config.num_train_steps=3", "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+    "--config.eval_every_epochs=0",
+]
+
+
+def run_cli(args, *, mock_tfds_examples=None):
+    """Runs `python -m safa_jax.main ARGS` (under tfds mock data if asked) from the repository root."""
+    if mock_tfds_examples is None:
+        command = [sys.executable, "-m", "safa_jax.main", *args]
+    else:
+        script = (
+            "import sys, tensorflow_datasets as tfds\n"
+            "from absl import app\n"
+            "from safa_jax import main\n"
+            f"with tfds.testing.mock_data(num_examples={mock_tfds_examples}):\n"
+            "    app.run(main.main, argv=['safa_jax.main'] + sys.argv[1:])\n")
+        command = [sys.executable, "-c", script, *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def write_image_tree(root: pathlib.Path, counts: dict[str, int], test_per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", counts), ("test", {c: test_per_class for c in counts})):
+        for name, n in per_class.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+
+
+def test_cli_trains_and_evaluates_on_mock_tfds_cifar10(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_cli(["--config=configs/cifar10_lt.py:2", f"--workdir={workdir}", *TINY_FLAGS,
+                      "--config.loss.name=ldam", "--config.loss.train_rule=drw"], mock_tfds_examples=200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"]["source"] == "tfds:cifar10" and config["model"]["head"] == "normed"
+    split = json.loads((workdir / "split.json").read_text())
+    assert len(split["class_counts"]) == 10 and sum(split["class_counts"]) == len(split["train_ids"])
+    assert split["class_counts"][0] == 2 * split["class_counts"][-1] or split["class_counts"][-1] < 5
+    results = json.loads((workdir / "eval_results.json").read_text())
+    assert results["step"] == 3 and results["num_examples"] == 200
+    assert results["top1_error"] == pytest.approx(100.0 - results["top1_accuracy"])
+    assert list((workdir).glob("events.out.tfevents.*")), "TensorBoard event file"
+
+
+def test_cli_image_folder_train_then_eval_from_checkpoint(tmp_path):
+    data_root, workdir = tmp_path / "images", tmp_path / "run"
+    write_image_tree(data_root, {"ant": 12, "bee": 8, "cat": 6}, test_per_class=5)
+    args = ["--config=configs/cifar10_lt.py:2", f"--config.data.source=folder:{data_root}",
+            f"--workdir={workdir}", *TINY_FLAGS]
+    trained = run_cli(args)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    split = json.loads((workdir / "split.json").read_text())
+    assert split["class_counts"] == [6, 4, 3]  # n_max = 6 (smallest class), rho = 2: 6, int(6/sqrt 2), 3
+    train_results = json.loads((workdir / "eval_results.json").read_text())
+    (workdir / "eval_results.json").unlink()
+    evaluated = run_cli([*args, "--mode=eval"])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    eval_results = json.loads((workdir / "eval_results.json").read_text())
+    assert eval_results["step"] == 3 and eval_results["num_examples"] == 15
+    assert eval_results["per_class_accuracy"] == train_results["per_class_accuracy"]
+    assert "top-1 accuracy" in (workdir / "eval_results.txt").read_text()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    result = run_cli(["--config=configs/cifar10_lt.py:0.5", f"--workdir={tmp_path}"])
+    assert result.returncode != 0
+    assert "safa_jax: error: data.imbalance_factor=0.5 is below 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data__source", "imagenet", "data.source"),
+    ("data__source", "folder:/nonexistent/place", "/nonexistent/place"),
+    ("model__name", "resnet33", "resnet33"),
+    ("loss__name", "hinge", "hinge"),
+    ("loss__train_rule", "sometimes", "sometimes"),
+    ("data__imbalance_factor", 0.5, "0.5"),
+    ("safa__stage", 4, "safa.stage=4"),
+    ("safa__head_ratio", 1.5, "head_ratio"),
+])
+def test_bad_config_values_are_named(field, value, message):
+    config = tiny_config(**{field: value})
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        build_experiment(config)
+
+
+def test_head_ratio_that_leaves_no_tail_class_is_refused():
+    """head_ratio in (0, 1) is checked from the config; with one class, the single head class leaves no tail."""
+    config = tiny_config(safa__enabled=True, safa__head_ratio=0.5)
+    with pytest.raises(ValueError, match="head_ratio"):
+        build_experiment(config, data=tiny_data(counts=(20,)))
+
+
+def test_folder_without_images_and_undecodable_image(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "test" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images"):
+        build_experiment(tiny_config(data__source=f"folder:{empty}"))
+    broken = tmp_path / "broken"
+    write_image_tree(broken, {"a": 4, "b": 4}, test_per_class=2)
+    (broken / "train" / "b" / "0001.png").write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="0001.png"):
+        build_experiment(tiny_config(data__source=f"folder:{broken}", data__imbalance_factor=1.0))
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from safa_jax.train import train_and_evaluate
+    from safa_jax.evaluate import evaluate_checkpoint
+    import jax
+    from safa_jax import sharding
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    data = tiny_data()
+    train_and_evaluate(tiny_config(num_train_steps=2), tmp_path, mesh=mesh, data=data)
+    with pytest.raises(CheckpointMismatchError, match="model"):
+        evaluate_checkpoint(tiny_config(model__width=8), tmp_path, mesh=mesh, data=data)
+    with pytest.raises(FileNotFoundError, match="step 99"):
+        evaluate_checkpoint(tiny_config(), tmp_path, step=99, mesh=mesh, data=data)
