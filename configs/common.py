@@ -26,8 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Per-channel normalisation in [0, 1] pixel units; empty = computed from the training split.
     config.data.mean = ()
     config.data.std = ()
-    config.data.augment = True  # pad-4 random crop + horizontal flip, as in the CIFAR recipe.
+    config.data.augment = True  # random crop (zero padding) + horizontal flip, as in the CIFAR recipe.
     config.data.crop_padding = 4
+    config.data.flip = True  # horizontal flip (off for data where mirroring changes the class, e.g. digits).
 
     # --- model ----------------------------------------------------------------------------------
     config.model = ml_collections.ConfigDict()

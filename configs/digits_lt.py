@@ -15,6 +15,7 @@ def get_config(arg: str | None = None):
     config.data.image_size = 16
     config.data.channels = 1
     config.data.crop_padding = 2
+    config.data.flip = False  # a mirrored digit is another symbol.
     config.batch_size = 64
     config.num_epochs = 30
     config.optim.warmup_epochs = 2

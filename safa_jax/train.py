@@ -78,7 +78,8 @@ def make_train_step(experiment: Experiment, *, with_augmented: bool) -> Callable
         index = jnp.where(balanced_sampling_at(config.loss, epoch), balanced, ordered)
         x = images[index]
         if config.data.augment:
-            x = device_pipeline.augment_batch(x, k_augment, padding=config.data.crop_padding, flip=True)
+            x = device_pipeline.augment_batch(x, k_augment, padding=config.data.crop_padding,
+                                               flip=config.data.flip)
         else:
             x = device_pipeline.to_unit_float(x)
         x = device_pipeline.normalize(x, mean, std)
