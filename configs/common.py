@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     # or "folder:PATH" (PATH/{train,test}/<class>/<image>).
     config.data.source = "digits"
     config.data.data_dir = ""  # tfds data_dir; "" = tfds default.
+    # "memory": the training set lives on the devices and batches are drawn and augmented inside the jitted
+    # step (CIFAR-scale data); "stream": tf.data decodes and augments on the host (ImageNet-scale data).
+    config.data.pipeline = "memory"
     config.data.subsample = True  # False: train on the data as it is (already long-tailed).
     config.data.imbalance_factor = 100.0  # rho = n_max / n_min of the exponential profile.
     config.data.selection = "ldam"  # "ldam" | "first" | "random": which images each class keeps.

@@ -8,7 +8,7 @@ from safa_jax.data.sources import validate_data_config
 from safa_jax.losses.base import validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
 
-SAFA_STAGES = (1, 2, 3)
+DATA_PIPELINES = ("memory", "stream")
 
 
 def _positive_int(value, field: str) -> None:
@@ -19,6 +19,9 @@ def _positive_int(value, field: str) -> None:
 def validate_config(config) -> None:
     """Raises ValueError on the first problem found in `config`."""
     validate_data_config(config.data)
+    if config.data.pipeline not in DATA_PIPELINES:
+        raise ValueError(f"unknown config.data.pipeline={config.data.pipeline!r}; "
+                         f"allowed: {', '.join(DATA_PIPELINES)}")
     if config.model.name not in MODEL_NAMES:
         raise ValueError(f"unknown model config.model.name={config.model.name!r}; "
                          f"allowed: {', '.join(MODEL_NAMES)}")
@@ -47,9 +50,9 @@ def validate_config(config) -> None:
 
 
 def _validate_safa(safa) -> None:
-    if safa.stage not in SAFA_STAGES:
-        raise ValueError(f"config.safa.stage={safa.stage!r} is not a placement; allowed: 1 (after stage 1), "
-                         "2 (after stage 2), 3 (after the last stage, before pooling)")
+    if not isinstance(safa.stage, int) or safa.stage < 1:
+        raise ValueError(f"config.safa.stage={safa.stage!r} is not a placement; allowed: the number of a "
+                         "backbone stage to insert after (1, 2 or 3 for ResNet-32; 1-4 for ResNet-50/152)")
     if not 0.0 < safa.head_ratio < 1.0:
         raise ValueError(f"config.safa.head_ratio={safa.head_ratio} must lie in (0, 1)")
     if safa.num_slots != -1:

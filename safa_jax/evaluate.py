@@ -6,8 +6,8 @@ SAFA is training-only: nothing here runs its modules. The last batch is padded t
 
 import logging
 import pathlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,9 @@ from safa_jax.data.device_pipeline import normalize, to_unit_float
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import Experiment, build_experiment, restore_if_any
 from safa_jax.state import NnxBridge, TrainState
+
+if TYPE_CHECKING:
+    from safa_jax.data.streaming import StreamingData
 
 
 def make_predict_fn(backbone: NnxBridge, mean, std) -> Callable:
@@ -35,31 +38,60 @@ def make_predict_fn(backbone: NnxBridge, mean, std) -> Callable:
     return predict
 
 
-def count_correct(predict: Callable, params, batch_stats, images: np.ndarray, labels: np.ndarray,
-                  num_classes: int, batch_size: int, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class (correct, total) over the whole test set."""
-    batch_size = sharding.padded_batch_size(batch_size, mesh)
-    batch_sharding = sharding.batch_sharded(mesh)
-    predictions = np.empty(len(images), np.int64)
+def make_count_fn(predict: Callable, num_classes: int, mesh: Mesh) -> Callable:
+    """jit(params, batch_stats, images, labels, mask) -> per-class (correct, total), replicated on every process."""
+
+    def count(params, batch_stats, images, labels, mask):
+        hits = (jnp.argmax(predict(params, batch_stats, images), axis=-1) == labels) & mask
+        correct = jax.ops.segment_sum(hits.astype(jnp.int32), labels, num_segments=num_classes)
+        total = jax.ops.segment_sum(mask.astype(jnp.int32), labels, num_segments=num_classes)
+        return correct, total
+
+    return jax.jit(count, out_shardings=sharding.replicated(mesh))
+
+
+def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Iterator[tuple]:
+    """(images, labels, mask) batches of exactly `batch_size`; the last one padded, its padding masked out."""
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        real = len(chunk)
-        if real < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)])
-        logits = predict(params, batch_stats, jax.device_put(chunk, batch_sharding))
-        predictions[start:start + real] = np.asarray(jnp.argmax(logits, axis=-1))[:real]
-    labels = np.asarray(labels, np.int64)
-    total = np.bincount(labels, minlength=num_classes)
-    correct = np.bincount(labels[predictions == labels], minlength=num_classes)
+        chunk, chunk_labels = images[start:start + batch_size], labels[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        mask = np.concatenate([np.ones(len(chunk), bool), np.zeros(pad, bool)])
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            chunk_labels = np.concatenate([chunk_labels, np.zeros(pad, chunk_labels.dtype)])
+        yield chunk, chunk_labels.astype(np.int32), mask
+
+
+def count_correct(predict: Callable, params, batch_stats, data: "LongTailedData | StreamingData",
+                  batch_size: int, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class (correct, total) over the whole test split, each example counted exactly once.
+
+    In-memory data: every process holds the whole test set and places each padded batch globally.
+    Streamed data: each process reads its own slice of every batch.
+    """
+    batch_size = sharding.padded_batch_size(batch_size, mesh)
+    count = make_count_fn(predict, data.num_classes, mesh)
+    if isinstance(data, LongTailedData):
+        batches = padded_batches(data.test_images, data.test_labels, batch_size)
+        place = lambda batch: sharding.put_global(batch, sharding.batch_sharded(mesh))  # noqa: E731
+    else:
+        batches = data.test_batches(batch_size=batch_size, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+        place = lambda batch: sharding.put_process_batch(batch, mesh)  # noqa: E731
+    correct = np.zeros(data.num_classes, np.int64)
+    total = np.zeros(data.num_classes, np.int64)
+    for batch in batches:
+        batch_correct, batch_total = count(params, batch_stats, *place(batch))
+        correct += np.asarray(batch_correct)
+        total += np.asarray(batch_total)
     return correct, total
 
 
 def evaluate_state(experiment: Experiment, state: TrainState, predict: Callable) -> dict[str, Any]:
     """Accuracy summary of the state's backbone on the experiment's test split."""
     data = experiment.data
-    correct, total = count_correct(
-        predict, state.params["backbone"], state.batch_stats["backbone"], data.test_images, data.test_labels,
-        data.num_classes, experiment.config.eval_batch_size, experiment.mesh)
+    correct, total = count_correct(predict, state.params["backbone"], state.batch_stats["backbone"], data,
+                                   experiment.config.eval_batch_size, experiment.mesh)
     return metrics.accuracy_summary(correct, total, data.class_counts, int(state.step))
 
 

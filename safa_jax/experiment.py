@@ -75,20 +75,28 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
         optax.sgd(learning_rate_schedule(optim, steps_per_epoch), momentum=optim.momentum))
 
 
+def load_training_data(data_config: ml_collections.ConfigDict):
+    """In memory (`data.pipeline="memory"`, small data on the devices) or streamed from disk ("stream")."""
+    if data_config.pipeline == "stream":
+        from safa_jax.data.streaming import load_streaming_data  # TensorFlow only on this path.
+        return load_streaming_data(data_config)
+    return load_data(data_config)
+
+
 def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData | None = None,
                      mesh: jax.sharding.Mesh | None = None) -> tuple[Experiment, TrainState]:
     """Validates the config, loads the data, builds the models and the initial (replicated) state."""
     validate_config(config)
     mesh = sharding.make_mesh() if mesh is None else mesh
     sharding.check_batch_divisible(config.batch_size, mesh, "config.batch_size")
-    data = load_data(config.data) if data is None else data
+    data = load_training_data(config.data) if data is None else data
     config = resolve_config(config, data)
-    spe = device_pipeline.steps_per_epoch(len(data.train_labels), config.batch_size)
+    spe = device_pipeline.steps_per_epoch(len(data.train_ids), config.batch_size)
     total_steps = config.num_epochs * spe
     num_train_steps = total_steps if config.num_train_steps == -1 else min(config.num_train_steps, total_steps)
 
     rngs = nnx.Rngs(config.seed)
-    model = build_model(config.model.name, num_classes=data.num_classes, in_channels=data.train_images.shape[-1],
+    model = build_model(config.model.name, num_classes=data.num_classes, in_channels=config.data.channels,
                         width=config.model.width, blocks_per_stage=config.model.blocks_per_stage,
                         head=config.model.head, rngs=rngs)
     backbone, params, stats = NnxBridge.split(model)
@@ -96,8 +104,11 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     safa_bridge = None
     is_head_class = np.zeros(data.num_classes, bool)
     if config.safa.enabled:
+        if config.safa.stage > model.num_stages:
+            raise ValueError(f"config.safa.stage={config.safa.stage} is not a placement in {config.model.name}; "
+                             f"allowed: 1..{model.num_stages} (after that stage)")
         is_head_class = head_class_mask(data.class_counts, config.safa.head_ratio)
-        channels = model.feature_shape(config.safa.stage, data.train_images.shape[1])[-1]
+        channels = model.feature_shape(config.safa.stage, config.data.image_size)[-1]
         if config.safa.q_width == -1:
             config.safa.q_width = channels
         modules = SafaModules(channels, q_width=config.safa.q_width, rngs=rngs)

@@ -38,6 +38,22 @@ def padded_batch_size(batch_size: int, mesh: Mesh) -> int:
     return -(-batch_size // mesh.size) * mesh.size
 
 
+def put_global(tree, target: NamedSharding):
+    """Place a host pytree that every process holds in full as global arrays with the given sharding.
+
+    Each process fills only its own devices' pieces, so this works on one process and on many.
+    """
+    def put(leaf):
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_callback(leaf.shape, target, lambda index: leaf[index])
+    return jax.tree.map(put, tree)
+
+
 def put_replicated(tree, mesh: Mesh):
     """Place a host pytree (identical on every process) on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    return put_global(tree, replicated(mesh))
+
+
+def put_process_batch(tree, mesh: Mesh):
+    """Assemble global batch arrays from each process's own slice of the batch (streamed input)."""
+    return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(batch_sharded(mesh), leaf), tree)

@@ -35,46 +35,36 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceData:
-    """The training set on the devices (replicated) and its class-balanced sampling probabilities."""
+class InMemoryInput:
+    """The whole training set on the devices (replicated, uint8); each step draws and augments its batch in jit.
 
-    images: jax.Array
-    labels: jax.Array
-    balanced_probs: jax.Array
-
-
-def put_training_data(experiment: Experiment) -> DeviceData:
-    """Class-balanced sampling weighs each example by 1 / (its class's count), as the ImbalancedDatasetSampler
-    of the LDAM-DRW code: every class is drawn equally often."""
-    data = experiment.data
-    probs = device_pipeline.class_balanced_sample_probs(data.train_labels, 1.0 / data.class_counts)
-    host = (data.train_images, data.train_labels.astype(np.int32), probs.astype(np.float32))
-    return DeviceData(*sharding.put_replicated(host, experiment.mesh))
-
-
-def make_train_step(experiment: Experiment, *, with_augmented: bool) -> Callable:
-    """jit(state, data_images, data_labels, balanced_probs, seed_key) -> (state, metrics).
-
-    `with_augmented`: SAFA's generated tail features join the classification loss (from safa.start_epoch).
+    The batch depends only on (seed, step), so a resumed run sees exactly the batches of an uninterrupted one.
+    Class-balanced sampling (resample / DRS) weighs each example by 1 / (its class's count), as the
+    ImbalancedDatasetSampler of the LDAM-DRW code: every class is drawn equally often.
     """
-    config, mesh = experiment.config, experiment.mesh
-    spe, batch_size = experiment.steps_per_epoch, config.batch_size
-    base_loss = make_base_loss(config.loss, experiment.data.class_counts)
-    mean, std = experiment.data.mean, experiment.data.std
-    safa_cfg = config.safa
-    use_safa = experiment.safa is not None
-    is_head_class = jnp.asarray(experiment.is_head_class)
-    batch_sharding = sharding.batch_sharded(mesh)
-    num_examples = len(experiment.data.train_labels)
-    schedule = learning_rate_schedule(config.optim, spe)
 
-    def draw_batch(images, labels, balanced_probs, key, step, epoch):
+    def __init__(self, experiment: Experiment):
+        data, self.config = experiment.data, experiment.config
+        probs = device_pipeline.class_balanced_sample_probs(data.train_labels, 1.0 / data.class_counts)
+        host = (data.train_images, data.train_labels.astype(np.int32), probs.astype(np.float32))
+        self.device_arrays = sharding.put_replicated(host, experiment.mesh)
+        self.num_examples = len(data.train_labels)
+        self.mean, self.std = data.mean, data.std
+
+    def batch_args(self, step: int):
+        """What the step needs from the host at `step`: the same device arrays every time."""
+        del step
+        return self.device_arrays
+
+    def draw(self, args, key, step, epoch):
+        """(normalised float images, labels) of this step's batch, inside jit."""
+        images, labels, balanced_probs = args
+        config = self.config
         k_order, k_balanced, k_augment = jax.random.split(key, 3)
-        ordered = device_pipeline.epoch_batch_indices(k_order, step, num_examples=num_examples,
-                                                      batch_size=batch_size)
+        ordered = device_pipeline.epoch_batch_indices(k_order, step, num_examples=self.num_examples,
+                                                      batch_size=config.batch_size)
         balanced = device_pipeline.balanced_batch_indices(k_balanced, step, sample_probs=balanced_probs,
-                                                          batch_size=batch_size)
+                                                          batch_size=config.batch_size)
         index = jnp.where(balanced_sampling_at(config.loss, epoch), balanced, ordered)
         x = images[index]
         if config.data.augment:
@@ -82,10 +72,53 @@ def make_train_step(experiment: Experiment, *, with_augmented: bool) -> Callable
                                                flip=config.data.flip)
         else:
             x = device_pipeline.to_unit_float(x)
-        x = device_pipeline.normalize(x, mean, std)
-        x = jax.lax.with_sharding_constraint(x, batch_sharding)
-        y = jax.lax.with_sharding_constraint(labels[index], batch_sharding)
-        return x, y
+        return device_pipeline.normalize(x, self.mean, self.std), labels[index]
+
+
+class StreamedInput:
+    """Batches decoded and augmented on the host by tf.data (large datasets); each process feeds its slice."""
+
+    def __init__(self, experiment: Experiment, start_step: int):
+        config, data = experiment.config, experiment.data
+        second_stage = config.loss.second_stage_epoch * experiment.steps_per_epoch
+        balanced_from = {"resample": 0, "drs": second_stage}.get(config.loss.train_rule)
+        self.mesh = experiment.mesh
+        self.mean, self.std = data.mean, data.std
+        self._batches = data.train_batches(
+            batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+            balanced_from_step=balanced_from, process_index=jax.process_index(),
+            process_count=jax.process_count())
+
+    def batch_args(self, step: int):
+        del step  # The iterator was positioned at the start step and advances one batch per call.
+        return sharding.put_process_batch(next(self._batches), self.mesh)
+
+    def draw(self, args, key, step, epoch):
+        del key, step, epoch
+        images, labels = args
+        return device_pipeline.normalize(device_pipeline.to_unit_float(images), self.mean, self.std), labels
+
+
+def make_input(experiment: Experiment, start_step: int) -> InMemoryInput | StreamedInput:
+    if isinstance(experiment.data, LongTailedData):
+        return InMemoryInput(experiment)
+    return StreamedInput(experiment, start_step)
+
+
+def make_train_step(experiment: Experiment, batch_input: InMemoryInput | StreamedInput, *,
+                    with_augmented: bool) -> Callable:
+    """jit(state, batch_args, seed_key) -> (state, metrics); `batch_args` from `batch_input.batch_args(step)`.
+
+    `with_augmented`: SAFA's generated tail features join the classification loss (from safa.start_epoch).
+    """
+    config, mesh = experiment.config, experiment.mesh
+    spe = experiment.steps_per_epoch
+    base_loss = make_base_loss(config.loss, experiment.data.class_counts)
+    safa_cfg = config.safa
+    use_safa = experiment.safa is not None
+    is_head_class = jnp.asarray(experiment.is_head_class)
+    batch_sharding = sharding.batch_sharded(mesh)
+    schedule = learning_rate_schedule(config.optim, spe)
 
     def loss_fn(params, batch_stats, x, y, epoch, key):
         backbone = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
@@ -118,12 +151,14 @@ def make_train_step(experiment: Experiment, *, with_augmented: bool) -> Callable
         aux["train_accuracy"] = jnp.mean(jnp.argmax(real_logits, -1) == y) * 100.0
         return cls_loss + safa_loss, (new_stats, aux)
 
-    def step_fn(state: TrainState, images, labels, balanced_probs, seed_key):
+    def step_fn(state: TrainState, batch_args, seed_key):
         step = state.step
         epoch = step // spe
         key = jax.random.fold_in(seed_key, step)
         k_batch, k_safa = jax.random.split(key)
-        x, y = draw_batch(images, labels, balanced_probs, k_batch, step, epoch)
+        x, y = batch_input.draw(batch_args, k_batch, step, epoch)
+        x = jax.lax.with_sharding_constraint(x, batch_sharding)
+        y = jax.lax.with_sharding_constraint(y, batch_sharding)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (new_stats, aux)), grads = grad_fn(state.params, state.batch_stats, x, y, epoch, k_safa)
         updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
@@ -165,9 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if int(state.step) == 0:
         writer.write_hparams({k: v for k, v in config_record(config).items() if not isinstance(v, dict)})
 
-    device_data = put_training_data(experiment)
+    batch_input = make_input(experiment, start_step=int(state.step))
     seed_key = jax.random.key(config.seed)
-    steps = {flag: make_train_step(experiment, with_augmented=flag) for flag in (False, True)}
+    steps = {flag: make_train_step(experiment, batch_input, with_augmented=flag) for flag in (False, True)}
     predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std)
     from clu import periodic_actions  # clu pulls in TensorFlow: keep it off the import path of the package.
     progress = periodic_actions.ReportProgress(num_train_steps=experiment.num_train_steps, writer=writer,
@@ -181,8 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     while step < experiment.num_train_steps:
         epoch = step // spe
         with_augmented = experiment.safa is not None and epoch >= config.safa.start_epoch
-        state, step_metrics = steps[with_augmented](state, device_data.images, device_data.labels,
-                                                    device_data.balanced_probs, seed_key)
+        state, step_metrics = steps[with_augmented](state, batch_input.batch_args(step), seed_key)
         pending.append(step_metrics)
         step += 1
         progress(step)

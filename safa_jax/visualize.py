@@ -28,13 +28,14 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from safa_jax import checkpointing, evaluate, sharding
 from safa_jax.data.device_pipeline import normalize, to_unit_float
-from safa_jax.data.sources import LongTailedData
 from safa_jax.data.longtail import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, shot_buckets
+from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import Experiment, build_experiment, restore_if_any
 from safa_jax.models.safa import head_class_mask, safa_augment
 from safa_jax.state import TrainState
@@ -190,8 +191,9 @@ def _augmented_features(experiment: Experiment, state: TrainState, target: int, 
         labels.append(np.asarray(slot_labels)[valid])
         collected += int(valid.sum())
     if collected < target:
-        logging.warning("Only %d of %d augmented features: %d training batches had few valid SAFA slots "
-                        "(a batch needs a head-class pair and a tail sample).", collected, target, max_batches)
+        logging.warning("Only %d of %d augmented features after %d training batches: too few batches had "
+                        "valid SAFA slots (a batch needs a head-class pair and a tail sample).",
+                        collected, target, max_batches)
     if not features:
         return np.zeros((0, feature_dim), np.float32), np.zeros((0,), np.int64)
     return np.concatenate(features)[:target], np.concatenate(labels)[:target]
@@ -261,8 +263,7 @@ def plot_per_class_accuracy(per_class_accuracy: Sequence[float | None], train_cl
     positions = np.arange(len(counts))
     figure = Figure(figsize=(max(7.0, min(16.0, 0.25 * len(counts))), 5))
     axes = figure.subplots()
-    axes.bar(positions, accuracy[order], width=0.8, color="tab:blue", alpha=0.8, label="test accuracy",
-             gid="accuracy")
+    axes.bar(positions, accuracy[order], width=0.8, color="tab:blue", alpha=0.8, label="test accuracy")
     axes.set_ylim(0, 100)
     axes.set_ylabel("test accuracy (%)")
     axes.set_xlim(-0.5, len(counts) - 0.5)
@@ -273,9 +274,13 @@ def plot_per_class_accuracy(per_class_accuracy: Sequence[float | None], train_cl
     count_axes = axes.twinx()
     count_axes.plot(positions, counts[order], color="tab:red", marker=".", label="training images")
     count_axes.set_yscale("log")
+    count_axes.yaxis.set_major_formatter(ticker.LogFormatter())  # 100, not 10^2: counts read as counts.
+    count_axes.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
     count_axes.set_ylabel("training images (log scale)")
     for threshold in (MANY_SHOT_ABOVE, FEW_SHOT_BELOW):
-        count_axes.axhline(threshold, color="grey", linestyle="--", linewidth=0.8)
+        count_axes.axhline(threshold, color="grey", linestyle="--", linewidth=0.8,
+                           label=f"shot thresholds ({MANY_SHOT_ABOVE}, {FEW_SHOT_BELOW} images)"
+                           if threshold == MANY_SHOT_ABOVE else None)
 
     buckets = shot_buckets(counts)
     sizes = [int(buckets[name].sum()) for name in ("many", "medium", "few")]
@@ -285,10 +290,11 @@ def plot_per_class_accuracy(per_class_accuracy: Sequence[float | None], train_cl
             axes.axvline(boundary - 0.5, color="black", linestyle=":", linewidth=1.0, gid="shot-boundary")
     for name, start, stop in zip(("many", "medium", "few"), edges[:-1], edges[1:]):
         if stop > start:
-            axes.text((start + stop - 1) / 2, 97, name, ha="center", va="top", fontsize=9)
+            axes.text((start + stop - 1) / 2, 1.01, name, transform=axes.get_xaxis_transform(), ha="center",
+                      va="bottom", fontsize=9)
     handles = axes.get_legend_handles_labels()[0] + count_axes.get_legend_handles_labels()[0]
     axes.legend(handles=handles, loc="lower left", fontsize=8)
-    axes.set_title(title, fontsize=10)
+    axes.set_title(title, fontsize=10, pad=16)
     _save(figure, path)
     return figure
 
@@ -314,8 +320,8 @@ def run_accuracy_summary(workdir: pathlib.Path, experiment: Experiment, state: T
 
 
 def visualize_run(workdir: str | pathlib.Path, *, checkpoint_step: int | None = None,
-                  max_points: int = DEFAULT_MAX_POINTS, data: LongTailedData | None = None, mesh: jax.sharding.Mesh | None = None,
-                  seed: int = 0) -> dict[str, pathlib.Path]:
+                  max_points: int = DEFAULT_MAX_POINTS, data: LongTailedData | None = None,
+                  mesh: jax.sharding.Mesh | None = None, seed: int = 0) -> dict[str, pathlib.Path]:
     """Writes the three figures of a run folder into RUN/figures and returns their paths by name.
 
     `data` and `mesh` default to the run config's data source and all devices; tests pass small ones.

@@ -99,13 +99,19 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     ("loss__name", "hinge", "hinge"),
     ("loss__train_rule", "sometimes", "sometimes"),
     ("data__imbalance_factor", 0.5, "0.5"),
-    ("safa__stage", 4, "safa.stage=4"),
+    ("safa__stage", 0, "safa.stage=0"),
     ("safa__head_ratio", 1.5, "head_ratio"),
 ])
 def test_bad_config_values_are_named(field, value, message):
     config = tiny_config(**{field: value})
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         build_experiment(config)
+
+
+def test_safa_stage_beyond_the_backbone_is_refused():
+    config = tiny_config(safa__enabled=True, safa__stage=4)
+    with pytest.raises(ValueError, match=r"safa\.stage=4 is not a placement in resnet32; allowed: 1\.\.3"):
+        build_experiment(config, data=tiny_data())
 
 
 def test_head_ratio_that_leaves_no_tail_class_is_refused():

@@ -9,7 +9,7 @@ import pytest
 
 from safa_jax import evaluate, sharding
 from safa_jax.experiment import build_experiment, learning_rate_schedule, make_optimizer
-from safa_jax.train import make_train_step, put_training_data, train_and_evaluate
+from safa_jax.train import make_input, make_train_step, train_and_evaluate
 from tests.helpers import tiny_config, tiny_data
 
 
@@ -58,14 +58,14 @@ def test_optimizer_is_pytorch_sgd_with_l2_weight_decay():
 
 def _run_steps(config, data, mesh, num_steps):
     experiment, state = build_experiment(config, data=data, mesh=mesh)
-    device_data = put_training_data(experiment)
+    batch_input = make_input(experiment, start_step=0)
     key = jax.random.key(config.seed)
     history = []
     for _ in range(num_steps):
         epoch = int(state.step) // experiment.steps_per_epoch
         flag = experiment.safa is not None and epoch >= config.safa.start_epoch
-        step = make_train_step(experiment, with_augmented=flag)
-        state, metrics = step(state, device_data.images, device_data.labels, device_data.balanced_probs, key)
+        step = make_train_step(experiment, batch_input, with_augmented=flag)
+        state, metrics = step(state, batch_input.batch_args(int(state.step)), key)
         history.append(jax.device_get(metrics))
     return jax.device_get(state), history
 
@@ -115,26 +115,26 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
 
 def test_eval_counts_every_example_once_with_a_partial_last_batch():
     """23 test examples at batch 7 on 8 devices (padded to 8): each example counted exactly once."""
-    data = tiny_data(num_test_per_class=6)
-    config = tiny_config()
+    import dataclasses
+    full = tiny_data(num_test_per_class=6)
+    data = dataclasses.replace(full, test_images=full.test_images[:23], test_labels=full.test_labels[:23])
     mesh = sharding.make_mesh(jax.devices()[:8])
-    experiment, state = build_experiment(config, data=data, mesh=mesh)
-    images, labels = data.test_images[:23], data.test_labels[:23]
-    calls = []
+    batches = list(evaluate.padded_batches(data.test_images, data.test_labels, 8))
+    assert [len(b[0]) for b in batches] == [8, 8, 8]
+    assert [int(b[2].sum()) for b in batches] == [8, 8, 7]
 
-    def predict_label_as_class(params, stats, batch):
-        calls.append(batch.shape[0])
-        # A "model" that predicts class 0 for every image: the correct count is the number of class-0 examples.
-        return jnp.zeros((batch.shape[0], data.num_classes)).at[:, 0].set(1.0)
+    def predict_class_zero(params, stats, images):
+        """A "model" that predicts class 0 for every image: correct = the number of class-0 examples."""
+        return jnp.zeros((images.shape[0], data.num_classes)).at[:, 0].set(1.0)
 
-    correct, total = evaluate.count_correct(predict_label_as_class, None, None, images, labels,
-                                            data.num_classes, 7, mesh)
-    assert total.tolist() == np.bincount(labels, minlength=4).tolist()
-    assert total.sum() == 23
+    correct, total = evaluate.count_correct(predict_class_zero, None, None, data, 7, mesh)
     assert total.tolist() == [6, 6, 6, 5]
     assert correct.tolist() == [6, 0, 0, 0]
-    assert calls == [8, 8, 8]  # batch 7 rounded up to the 8 devices; 23 = 8 + 8 + 7 (+1 pad)
+
+    experiment, state = build_experiment(tiny_config(), data=data, mesh=mesh)
     predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std)
     correct, total = evaluate.count_correct(predict, state.params["backbone"], state.batch_stats["backbone"],
-                                            images, labels, data.num_classes, 7, mesh)
-    assert total.sum() == 23 and 0 <= correct.sum() <= 23
+                                            data, 7, mesh)
+    logits = predict(state.params["backbone"], state.batch_stats["backbone"], data.test_images)
+    expected = np.bincount(data.test_labels[np.argmax(np.asarray(logits), -1) == data.test_labels], minlength=4)
+    assert total.tolist() == [6, 6, 6, 5] and correct.tolist() == expected.tolist()

@@ -93,13 +93,16 @@ def test_run_without_safa_has_no_augmented_group(single_device_mesh):
     assert (features.count(HEAD), features.count(TAIL), features.count(AUGMENTED)) == (TRAIN_HEAD, TRAIN_TAIL, 0)
 
 
-def test_accuracy_summary_is_the_saved_one_and_matches_a_fresh_evaluation(trained_run, restored):
+def test_accuracy_summary_is_the_saved_one_and_matches_a_fresh_evaluation(trained_run, restored, tmp_path):
     experiment, state = restored
     saved = json.loads((trained_run / "eval_results.json").read_text())
     assert run_accuracy_summary(trained_run, experiment, state) == saved
-    predict = evaluate.make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std)
-    fresh = evaluate.evaluate_state(experiment, state, predict)
+    # Results of another step are not used: the state is evaluated afresh.
+    (tmp_path / "eval_results.json").write_text(json.dumps(dict(saved, step=1, top1_error=0.0)))
+    fresh = run_accuracy_summary(tmp_path, experiment, state)
+    assert fresh["step"] == saved["step"] == 4
     assert fresh["top1_error"] == pytest.approx(saved["top1_error"])
+    assert fresh["per_class_accuracy"] == pytest.approx(saved["per_class_accuracy"])
 
 
 def test_visualize_run_writes_three_nontrivial_pngs(trained_run, single_device_mesh):
