@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 16  # channels of stage 1 (16, 32, 64 in ResNet-32).
     config.model.blocks_per_stage = 5  # 5 = ResNet-32 (6n + 2 layers).
     config.model.head = "auto"  # "linear" | "normed" | "auto" (normed for LDAM, linear otherwise).
+    # Backbone weights to start from (a folder written by `python -m safa_jax.convert_torchvision`); "" = random.
+    config.model.init_checkpoint = ""
 
     # --- base loss ------------------------------------------------------------------------------
     config.loss = ml_collections.ConfigDict()

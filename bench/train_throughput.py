@@ -1,0 +1,95 @@
+"""Train-step images/s of ResNet-32 (batch 128, CIFAR shapes) without and with SAFA, in the same process.
+
+Prints, for each variant, the median images/s over repeats of timed steps (after compile and warm-up),
+the step-time ratio with/without SAFA, and the FLOP ratio from XLA's cost analysis of the compiled steps.
+Run from the repository root:  .venv/bin/python bench/train_throughput.py [--repeats 3 --steps 10]
+"""
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import machine_description  # noqa: E402
+from configs import cifar10_lt  # noqa: E402
+from safa_jax import sharding  # noqa: E402
+from safa_jax.data.longtail import longtail_class_counts  # noqa: E402
+from safa_jax.data.sources import LongTailedData  # noqa: E402
+from safa_jax.experiment import build_experiment  # noqa: E402
+from safa_jax.train import make_input, make_train_step  # noqa: E402
+
+
+def synthetic_cifar_lt(rho: float = 100.0) -> LongTailedData:
+    """Random uint8 images with CIFAR-10-LT's class counts (the step's cost does not depend on pixel values)."""
+    counts = longtail_class_counts(5000, 10, rho)
+    labels = np.repeat(np.arange(10), counts).astype(np.int32)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+    test_labels = np.repeat(np.arange(10), 10).astype(np.int32)
+    return LongTailedData(images, labels, np.arange(len(labels)), images[:100], test_labels,
+                          tuple(str(i) for i in range(10)), counts, counts,
+                          (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+
+def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, warmup: int):
+    """(median images/s, XLA FLOPs of one step) for one variant of the step."""
+    experiment, state = build_experiment(config, data=data, mesh=sharding.make_mesh())
+    batch_input = make_input(experiment, start_step=0)
+    step_fn = make_train_step(experiment, batch_input, with_augmented=with_augmented)
+    key = jax.random.key(0)
+    args = batch_input.batch_args(0)
+    compiled = step_fn.lower(state, args, key).compile()
+    analysis = compiled.cost_analysis()
+    flops = float((analysis[0] if isinstance(analysis, list) else analysis).get("flops", float("nan")))
+    for _ in range(warmup):
+        state, out = step_fn(state, args, key)
+    jax.block_until_ready(out)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, out = step_fn(state, args, key)
+        jax.block_until_ready((state, out))
+        rates.append(steps * config.batch_size / (time.perf_counter() - start))
+    return statistics.median(rates), rates, flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--stage", type=int, default=2)
+    args = parser.parse_args()
+    print("machine:", machine_description())
+    data = synthetic_cifar_lt()
+    results = {}
+    variants = [("baseline (CE)", False, False), ("SAFA, modules only (before start_epoch)", True, False),
+                ("SAFA, augmented features classified", True, True)]
+    for name, safa, augmented in variants:
+        config = cifar10_lt.get_config("100")
+        config.batch_size = args.batch_size
+        config.safa.enabled = safa
+        config.safa.stage = args.stage
+        rate, rates, flops = measure(config, data, with_augmented=augmented, repeats=args.repeats,
+                                     steps=args.steps, warmup=args.warmup)
+        results[name] = (rate, flops)
+        print(f"{name:<42} {rate:8.1f} images/s (repeats {', '.join(f'{r:.1f}' for r in rates)}); "
+              f"{flops / 1e9:8.2f} GFLOP/step")
+    base_rate, base_flops = results["baseline (CE)"]
+    for name, (rate, flops) in list(results.items())[1:]:
+        time_ratio, flop_ratio = base_rate / rate, flops / base_flops
+        print(f"{name}: step-time ratio {time_ratio:.3f}, FLOP ratio {flop_ratio:.3f}, "
+              f"time/FLOP ratio {time_ratio / flop_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
