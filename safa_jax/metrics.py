@@ -16,6 +16,12 @@ def create_writer(workdir: str | pathlib.Path, *, is_main_process: bool):
     return metric_writers.create_default_writer(str(workdir), just_logging=not is_main_process)
 
 
+def create_progress(num_train_steps: int, writer):
+    """Reports steps/s and the ETA every 30 s (called with the step number after every step)."""
+    from clu import periodic_actions  # clu pulls in TensorFlow: keep it off the package's import path.
+    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer, every_secs=30.0)
+
+
 def accuracy_summary(correct_per_class: np.ndarray, total_per_class: np.ndarray,
                      train_class_counts: np.ndarray, step: int) -> dict[str, Any]:
     """Top-1 accuracy overall, on many/medium/few-shot classes and per class, in percent.

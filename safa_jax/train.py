@@ -204,9 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     seed_key = jax.random.key(config.seed)
     steps = {flag: make_train_step(experiment, batch_input, with_augmented=flag) for flag in (False, True)}
     predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std)
-    from clu import periodic_actions  # clu pulls in TensorFlow: keep it off the import path of the package.
-    progress = periodic_actions.ReportProgress(num_train_steps=experiment.num_train_steps, writer=writer,
-                                               every_secs=30.0)
+    progress = metrics.create_progress(experiment.num_train_steps, writer)
 
     spe = experiment.steps_per_epoch
     last_saved = checkpoints.latest_step()
