@@ -31,6 +31,9 @@ from safa_jax.models.safa import safa_augment
 from safa_jax.state import NnxBridge, TrainState, count_params
 
 
+GUARDED_METRICS = ("loss", "grad_norm")  # a NaN gradient corrupts the parameters even while the loss looks fine.
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -249,14 +252,16 @@ def _stack(pending: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
 
 
 def _latest_loss(step_metrics: dict[str, jax.Array]) -> dict[str, float]:
-    return {"loss": float(step_metrics["loss"])}
+    return {k: float(step_metrics[k]) for k in GUARDED_METRICS}
 
 
 def _check_finite(summary: dict[str, float], step: int, last_saved: int | None,
                   checkpoints: checkpointing.Checkpoints) -> None:
-    if not np.isfinite(summary["loss"]):
+    bad = {k: summary[k] for k in GUARDED_METRICS if not np.isfinite(summary[k])}
+    if bad:
         kept = (f"the last good checkpoint (step {last_saved}) is kept in {checkpoints.directory}"
                 if last_saved is not None else "no checkpoint had been written yet")
+        described = ", ".join(f"{k} became {v}" for k, v in bad.items())
         raise NonFiniteLossError(
-            f"the training loss became {summary['loss']} by step {step}; stopping. {kept}. "
-            "Lower config.optim.learning_rate or check the data.")
+            f"training stopped at step {step}: {described}. {kept}. "
+            "Lower config.optim.learning_rate or check the data (e.g. a zero in config.data.std).")

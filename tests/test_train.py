@@ -138,3 +138,23 @@ def test_eval_counts_every_example_once_with_a_partial_last_batch():
     logits = predict(state.params["backbone"], state.batch_stats["backbone"], data.test_images)
     expected = np.bincount(data.test_labels[np.argmax(np.asarray(logits), -1) == data.test_labels], minlength=4)
     assert total.tolist() == [6, 6, 6, 5] and correct.tolist() == expected.tolist()
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A run that goes non-finite stops with a clear error; the last good checkpoint stays the latest."""
+    import dataclasses
+    from safa_jax.checkpointing import Checkpoints
+    from safa_jax.train import NonFiniteLossError
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    data = tiny_data()
+    train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_every_steps=2), tmp_path, mesh=mesh, data=data)
+    poisoned = dataclasses.replace(data, std=(0.0, 0.0, 0.0))  # x / 0: infinite inputs, NaN loss.
+    with pytest.raises(NonFiniteLossError, match=r"last good checkpoint \(step 2\) is kept"):
+        train_and_evaluate(tiny_config(num_train_steps=6, checkpoint_every_steps=2, log_every_steps=1), tmp_path,
+                           mesh=mesh, data=poisoned)
+    checkpoints = Checkpoints(tmp_path)
+    assert checkpoints.all_steps() == [2]
+    experiment, state = build_experiment(tiny_config(), data=data, mesh=mesh)
+    from safa_jax.checkpointing import abstract_like
+    restored = checkpoints.restore(2, abstract_like(state, sharding.replicated(mesh)))
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(restored.params))
