@@ -32,6 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.augment = True  # random crop (zero padding) + horizontal flip, as in the CIFAR recipe.
     config.data.crop_padding = 4
     config.data.flip = True  # horizontal flip (off for data where mirroring changes the class, e.g. digits).
+    # Streamed data only: brightness/contrast/saturation jitter strength (0 = off; iNat recipes use 0.4).
+    config.data.color_jitter = 0.0
 
     # --- model ----------------------------------------------------------------------------------
     config.model = ml_collections.ConfigDict()

@@ -5,8 +5,10 @@ that leaves no tail class, a dataset smaller than a batch) run right after loadi
 """
 
 from safa_jax.data.sources import validate_data_config
+from safa_jax.data.streaming import validate_stream_config
 from safa_jax.losses.base import validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
+from safa_jax.models.torch_import import read_pretrained_info
 
 DATA_PIPELINES = ("memory", "stream")
 
@@ -18,10 +20,13 @@ def _positive_int(value, field: str) -> None:
 
 def validate_config(config) -> None:
     """Raises ValueError on the first problem found in `config`."""
-    validate_data_config(config.data)
     if config.data.pipeline not in DATA_PIPELINES:
         raise ValueError(f"unknown config.data.pipeline={config.data.pipeline!r}; "
                          f"allowed: {', '.join(DATA_PIPELINES)}")
+    if config.data.pipeline == "stream":
+        validate_stream_config(config.data)
+    else:
+        validate_data_config(config.data)
     if config.model.name not in MODEL_NAMES:
         raise ValueError(f"unknown model config.model.name={config.model.name!r}; "
                          f"allowed: {', '.join(MODEL_NAMES)}")
@@ -29,6 +34,11 @@ def validate_config(config) -> None:
         raise ValueError(f"unknown config.model.head={config.model.head!r}; "
                          f"allowed: {', '.join((*HEADS, 'auto'))}")
     _positive_int(config.model.width, "model.width")
+    if config.model.init_checkpoint:
+        recorded = read_pretrained_info(config.model.init_checkpoint)["model"]
+        if recorded != config.model.name:
+            raise ValueError(f"config.model.init_checkpoint={config.model.init_checkpoint!r} holds {recorded} "
+                             f"weights, but config.model.name={config.model.name!r}")
     _positive_int(config.model.blocks_per_stage, "model.blocks_per_stage")
     validate_loss_config(config.loss, num_classes=None)
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",

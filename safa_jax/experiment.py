@@ -100,6 +100,12 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
                         width=config.model.width, blocks_per_stage=config.model.blocks_per_stage,
                         head=config.model.head, rngs=rngs)
     backbone, params, stats = NnxBridge.split(model)
+    if config.model.init_checkpoint:
+        from safa_jax.models.torch_import import init_from_pretrained
+        params, stats, head_loaded = init_from_pretrained(config.model.init_checkpoint, params, stats,
+                                                          model_name=config.model.name)
+        logging.info("Backbone weights from %s (classifier %s)", config.model.init_checkpoint,
+                     "loaded too" if head_loaded else "freshly initialised: other class count or head")
     params, stats = {"backbone": params}, {"backbone": stats}
     safa_bridge = None
     is_head_class = np.zeros(data.num_classes, bool)

@@ -1,25 +1,111 @@
-"""Metric writing (TensorBoard + readable logs through clu) and the accuracy summaries of evaluation."""
+"""Metric writing and progress reports, and the accuracy summaries of evaluation.
 
+Metrics go to TensorBoard and readable logs through clu where clu and TensorFlow can be imported. Machines
+without them (a lent GPU machine has JAX but neither) get a small writer and progress reporter of our own,
+with the methods the train loop calls: scalars go to the log and, as JSON lines, to `metrics.jsonl` in the
+run folder.
+"""
+
+import datetime
+import importlib
 import json
 import logging
 import pathlib
+import time
+from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from safa_jax.data.longtail import shot_buckets
 
+METRICS_FILE = "metrics.jsonl"
+HPARAMS_FILE = "hparams.json"
+PROGRESS_EVERY_SECS = 30.0
+
+
+def _clu(module: str) -> ModuleType | None:
+    """clu's `module`, or None where clu or the TensorFlow that its TensorBoard writer imports is missing."""
+    try:
+        return importlib.import_module(f"clu.{module}")  # Imported late: clu pulls in TensorFlow.
+    except ImportError as error:
+        logging.warning("clu.%s cannot be imported (%s); using safa_jax.metrics' own fallback.", module, error)
+        return None
+
+
+class JsonLinesWriter:
+    """Scalars as log lines and, on the main process, one JSON object per call in `<workdir>/metrics.jsonl`.
+
+    Each line is written and closed at once, so a run that is killed keeps every line written before.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path | None):
+        self.directory = None if workdir is None else pathlib.Path(workdir)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        values = {name: float(value) for name, value in scalars.items()}
+        logging.info("[%d] %s", step, ", ".join(f"{name} = {value:.6g}" for name, value in values.items()))
+        if self.directory is not None:
+            with open(self.directory / METRICS_FILE, "a") as lines:
+                lines.write(json.dumps({"step": int(step), **values}) + "\n")
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        logging.info("Hyperparameters: %s", hparams)
+        if self.directory is not None:
+            (self.directory / HPARAMS_FILE).write_text(json.dumps(dict(hparams), indent=2))
+
+    def flush(self) -> None:
+        """Nothing is buffered (every line is on disk when write_scalars returns); kept for clu's interface."""
+
+
+class ProgressLogger:
+    """Logs steps/s, percent done and the ETA, and writes `steps_per_sec`, at most every `every_secs`.
+
+    Called as `progress(step)` after every step, as clu's ReportProgress; the first call only starts the clock,
+    and the last step (`num_train_steps`) always reports.
+    """
+
+    def __init__(self, num_train_steps: int, writer, every_secs: float = PROGRESS_EVERY_SECS):
+        self.num_train_steps = num_train_steps
+        self.writer = writer
+        self.every_secs = every_secs
+        self._last: tuple[int, float] | None = None
+
+    def __call__(self, step: int, t: float | None = None) -> bool:
+        """Reports if due; `t` (seconds, default time.monotonic()) is for tests. Returns whether it reported."""
+        t = time.monotonic() if t is None else t
+        if self._last is None:
+            self._last = (step, t)
+            return False
+        last_step, last_t = self._last
+        due = t - last_t >= self.every_secs or step == self.num_train_steps
+        if step == last_step or not due:
+            return False
+        steps_per_sec = (step - last_step) / max(t - last_t, 1e-9)
+        eta = datetime.timedelta(seconds=round((self.num_train_steps - step) / steps_per_sec))
+        logging.info("%.1f steps/s, %.1f%% (%d/%d), ETA %s", steps_per_sec, 100.0 * step / self.num_train_steps,
+                     step, self.num_train_steps, eta)
+        self.writer.write_scalars(step, {"steps_per_sec": steps_per_sec})
+        self._last = (step, t)
+        return True
+
 
 def create_writer(workdir: str | pathlib.Path, *, is_main_process: bool):
-    """TensorBoard event files and log lines on the main process; log lines only elsewhere."""
-    from clu import metric_writers  # Imported here: clu pulls in TensorFlow for TensorBoard.
+    """TensorBoard event files and log lines on the main process; log lines only elsewhere (JSON lines without clu)."""
+    metric_writers = _clu("metric_writers")
+    if metric_writers is None:
+        return JsonLinesWriter(workdir if is_main_process else None)
     return metric_writers.create_default_writer(str(workdir), just_logging=not is_main_process)
 
 
 def create_progress(num_train_steps: int, writer):
     """Reports steps/s and the ETA every 30 s (called with the step number after every step)."""
-    from clu import periodic_actions  # clu pulls in TensorFlow: keep it off the package's import path.
-    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer, every_secs=30.0)
+    periodic_actions = _clu("periodic_actions")
+    if periodic_actions is None:
+        return ProgressLogger(num_train_steps, writer)
+    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                           every_secs=PROGRESS_EVERY_SECS)
 
 
 def accuracy_summary(correct_per_class: np.ndarray, total_per_class: np.ndarray,

@@ -39,6 +39,32 @@ def longtail_class_counts(n_max: int, num_classes: int, imbalance_factor: float)
     return counts
 
 
+def validate_subsampling(data_config) -> None:
+    """Checks of `data.imbalance_factor` and `data.selection` shared by the in-memory and streamed sources."""
+    if data_config.imbalance_factor < 1:
+        raise ValueError(f"data.imbalance_factor={data_config.imbalance_factor} is below 1; "
+                         f"allowed: any value >= 1.")
+    if data_config.selection not in SELECTIONS:
+        raise ValueError(f"data.selection={data_config.selection!r} is unknown; "
+                         f"allowed: {', '.join(SELECTIONS)}.")
+
+
+def training_subset(labels: np.ndarray, class_names: tuple[str, ...], data_config) -> np.ndarray:
+    """Ids of the training subset: the long-tailed selection when `data_config.subsample`, else every image.
+
+    n_max is the smallest class count of the source's train split (the balanced size for CIFAR).
+    """
+    if not data_config.subsample:
+        return np.arange(len(labels), dtype=np.int64)
+    class_counts = np.bincount(labels, minlength=len(class_names))
+    if class_counts.min() == 0:
+        empty = int(class_counts.argmin())
+        raise ValueError(f"class {empty} ({class_names[empty]!r}) of data.source={data_config.source!r} has no "
+                         f"training images; subsampling needs every class (or data.subsample=False).")
+    counts = longtail_class_counts(int(class_counts.min()), len(class_names), data_config.imbalance_factor)
+    return select_longtail(labels, counts, data_config.selection, data_config.selection_seed)
+
+
 def select_longtail(labels: np.ndarray, counts: np.ndarray, selection: str, seed: int) -> np.ndarray:
     """Indices into `labels` that keep counts[c] images of class c, grouped by class, in selection order."""
     if selection not in SELECTIONS:

@@ -70,12 +70,7 @@ class _Source:
 def validate_data_config(data_config) -> None:
     """Cheap checks of `config.data` before anything is read, so a bad run fails in a second."""
     _parse_source(data_config.source)
-    if data_config.imbalance_factor < 1:
-        raise ValueError(f"data.imbalance_factor={data_config.imbalance_factor} is below 1; "
-                         f"allowed: any value >= 1.")
-    if data_config.selection not in longtail.SELECTIONS:
-        raise ValueError(f"data.selection={data_config.selection!r} is unknown; "
-                         f"allowed: {', '.join(longtail.SELECTIONS)}.")
+    longtail.validate_subsampling(data_config)
     if data_config.channels not in PIL_MODES:
         raise ValueError(f"data.channels={data_config.channels} is not supported; allowed: 1 (grey) or 3 (RGB).")
     if data_config.image_size < MIN_IMAGE_SIZE:
@@ -96,17 +91,7 @@ def load_data(data_config) -> LongTailedData:
     source = _open_source(data_config)
     num_classes = len(source.class_names)
     source_class_counts = np.bincount(source.train_labels, minlength=num_classes)
-    if data_config.subsample:
-        if source_class_counts.min() == 0:
-            empty = int(source_class_counts.argmin())
-            raise ValueError(f"class {empty} ({source.class_names[empty]!r}) of data.source={data_config.source!r} "
-                             f"has no training images; subsampling needs every class (or data.subsample=False).")
-        counts = longtail.longtail_class_counts(
-            int(source_class_counts.min()), num_classes, data_config.imbalance_factor)
-        train_ids = longtail.select_longtail(
-            source.train_labels, counts, data_config.selection, data_config.selection_seed)
-    else:
-        train_ids = np.arange(len(source.train_labels), dtype=np.int64)
+    train_ids = longtail.training_subset(source.train_labels, source.class_names, data_config)
     train_images = source.load_train_images(train_ids)
     train_labels = source.train_labels[train_ids].astype(np.int32)
     test_images, test_labels = source.load_test()

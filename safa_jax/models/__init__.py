@@ -8,10 +8,16 @@ from collections.abc import Callable
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, NormedLinear
+from safa_jax.models.resnet import resnet50, resnet152
 from safa_jax.models.resnet_cifar import ResNetCifar
 
 # "resnet32" is the CIFAR ResNet family of the reference; blocks_per_stage=5 makes it ResNet-32.
-_BUILDERS: dict[str, Callable[..., nnx.Module]] = {"resnet32": ResNetCifar}
+# "resnet50" / "resnet152" are torchvision's (fixed depth: blocks_per_stage is ignored; width = stem width, 64).
+_BUILDERS: dict[str, Callable[..., nnx.Module]] = {
+    "resnet32": ResNetCifar,
+    "resnet50": resnet50,
+    "resnet152": resnet152,
+}
 MODEL_NAMES = tuple(_BUILDERS)
 
 __all__ = ["HEADS", "MODEL_NAMES", "NormedLinear", "ResNetCifar", "build_model"]
@@ -26,7 +32,7 @@ def build_model(
     blocks_per_stage: int,
     head: str,
     rngs: nnx.Rngs,
-) -> ResNetCifar:
+) -> nnx.Module:
     """The backbone `name` (one of MODEL_NAMES); the model itself validates the other arguments."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")

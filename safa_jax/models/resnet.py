@@ -1,0 +1,223 @@
+"""ResNet-50 and ResNet-152 in torchvision's layout (v1.5), split for SAFA like ResNet-32.
+
+The large-scale recipes (REFERENCE.md) train torchvision's ResNets: ResNet-50 from scratch on
+iNaturalist 2018 and ImageNet-LT, ResNet-152 from ImageNet weights on Places-LT. Layout, padding
+and initialisation match torchvision, so that its weights load unchanged (models/torch_import.py)
+and give the same outputs.
+
+v1.5 puts the stride of a down-sampling bottleneck on its 3x3 conv, not on the first 1x1 conv.
+SAFA's placements are the four stages: `lower(x, s)` runs the stem and stages 1..s, `upper(F, s)`
+runs stages s+1..4 and the pooling, `classify` applies the head. The interface is ResNetCifar's,
+so the training step and SAFA use either backbone unchanged. As there, Flax's BatchNorm keeps the
+biased batch variance in its running average where PyTorch keeps the unbiased one; imported
+running statistics are used as they are.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from safa_jax.models.heads import HEADS, build_head, torch_linear_bias_init
+
+RESNET50_LAYERS = (3, 4, 6, 3)
+RESNET152_LAYERS = (3, 8, 36, 3)
+BOTTLENECK_EXPANSION = 4
+
+# torchvision initialises every conv with kaiming_normal_(mode="fan_out", nonlinearity="relu").
+KAIMING_NORMAL_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# PyTorch's explicit paddings. "SAME" would pad a stride-2 layer on an even input by (0, 1) where
+# PyTorch pads (1, 1) or (3, 3), shifting every output window by one pixel.
+_STEM_PAD = ((3, 3), (3, 3))
+_PAD_ONE = ((1, 1), (1, 1))
+_NO_PAD = ((0, 0), (0, 0))
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
+    padding = {1: _NO_PAD, 3: _PAD_ONE, 7: _STEM_PAD}[kernel]
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel_size=(kernel, kernel),
+        strides=stride,
+        padding=padding,
+        use_bias=False,
+        kernel_init=KAIMING_NORMAL_FAN_OUT,
+        rngs=rngs,
+    )
+
+
+def _batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    # Flax momentum 0.9 is PyTorch's momentum 0.1; scale 1 and bias 0 are torchvision's BN init.
+    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+class Bottleneck(nnx.Module):
+    """1x1 (reduce) - 3x3 (with the stride) - 1x1 (expand x4), each with BN; shortcut added before the last ReLU.
+
+    A projection shortcut (1x1 conv with the stride, then BN) replaces the identity where the
+    shape changes; it is a two-entry list so that its names follow torchvision's `downsample.0/1`.
+    """
+
+    def __init__(self, in_channels: int, planes: int, stride: int, *, rngs: nnx.Rngs):
+        out_channels = planes * BOTTLENECK_EXPANSION
+        self.conv1 = _conv(in_channels, planes, 1, 1, rngs=rngs)
+        self.bn1 = _batch_norm(planes, rngs=rngs)
+        self.conv2 = _conv(planes, planes, 3, stride, rngs=rngs)
+        self.bn2 = _batch_norm(planes, rngs=rngs)
+        self.conv3 = _conv(planes, out_channels, 1, 1, rngs=rngs)
+        self.bn3 = _batch_norm(out_channels, rngs=rngs)
+        changes_shape = stride != 1 or in_channels != out_channels
+        self.downsample = (
+            nnx.List([_conv(in_channels, out_channels, 1, stride, rngs=rngs), _batch_norm(out_channels, rngs=rngs)])
+            if changes_shape
+            else None
+        )
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        out = nnx.relu(self.bn2(self.conv2(out), use_running_average=not train))
+        out = self.bn3(self.conv3(out), use_running_average=not train)
+        shortcut = x
+        if self.downsample is not None:
+            conv, bn = self.downsample
+            shortcut = bn(conv(x), use_running_average=not train)
+        return nnx.relu(out + shortcut)
+
+
+def torchvision_head(head: str, in_features: int, num_classes: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """torchvision's fc keeps PyTorch's default Linear init: weight and bias both uniform(+-1/sqrt(fan_in)).
+
+    (kaiming_uniform_ with a=sqrt(5) on the weight has exactly that bound.) The cosine head has no
+    torchvision counterpart and keeps the LDAM reference's init.
+    """
+    if head == "linear":
+        uniform = torch_linear_bias_init(in_features)
+        return nnx.Linear(in_features, num_classes, kernel_init=uniform, bias_init=uniform, rngs=rngs)
+    return build_head(head, in_features, num_classes, rngs=rngs)
+
+
+class ResNet(nnx.Module):
+    """torchvision's bottleneck ResNet (v1.5): `layers` blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+
+    7x7/2 stem conv, BN, ReLU, 3x3/2 max pool, then four stages of bottlenecks with `width`,
+    2 * width, 4 * width and 8 * width inner channels (64..512 in torchvision) and four times that
+    many output channels; stages 2..4 start with stride 2. Global average pool, then the head.
+    """
+
+    num_stages = 4
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        layers: tuple[int, ...],
+        in_channels: int = 3,
+        width: int = 64,
+        head: str = "linear",
+        rngs: nnx.Rngs,
+    ):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        if width < 1:
+            raise ValueError(f"width must be at least 1 (64 in torchvision), got {width}")
+        if len(layers) != self.num_stages or min(layers) < 1:
+            raise ValueError(f"layers must be {self.num_stages} block counts of at least 1, got {layers!r}")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
+        self.width = width
+        self.stem_conv = _conv(in_channels, width, 7, 2, rngs=rngs)
+        self.stem_bn = _batch_norm(width, rngs=rngs)
+        stages = []
+        block_in = width
+        for stage, num_blocks in enumerate(layers, start=1):
+            planes = width * 2 ** (stage - 1)
+            first_stride = 1 if stage == 1 else 2
+            blocks = [Bottleneck(block_in, planes, first_stride, rngs=rngs)]
+            block_in = planes * BOTTLENECK_EXPANSION
+            blocks += [Bottleneck(block_in, planes, 1, rngs=rngs) for _ in range(num_blocks - 1)]
+            stages.append(nnx.List(blocks))
+        self.stages = nnx.List(stages)
+        self.head = torchvision_head(head, block_in, num_classes, rngs=rngs)
+
+    def _check_stage(self, stage: int) -> None:
+        if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
+            raise ValueError(f"stage must be one of 1..{self.num_stages}, got {stage!r}")
+
+    def stage_channels(self, stage: int) -> int:
+        """Channels of the feature map after `stage` (1..4): 256, 512, 1024, 2048 at width 64."""
+        self._check_stage(stage)
+        return self.width * 2 ** (stage - 1) * BOTTLENECK_EXPANSION
+
+    def feature_shape(self, stage: int, image_size: int) -> tuple[int, int, int]:
+        """(H, W, C) of `lower(x, stage)` for square inputs of side `image_size`.
+
+        The stem conv, the max pool and stages 2..4 each halve the side, rounding up
+        (224 px: 56, 28, 14, 7).
+        """
+        self._check_stage(stage)
+        if image_size < 1:
+            raise ValueError(f"image_size must be at least 1, got {image_size}")
+        side = image_size
+        for _ in range(stage + 1):
+            side = (side + 1) // 2
+        return side, side, self.stage_channels(stage)
+
+    def lower(self, x: jax.Array, stage: int, *, train: bool) -> jax.Array:
+        """Stem, max pool and stages 1..stage: the feature map F on which SAFA works (NHWC)."""
+        self._check_stage(stage)
+        out = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+        # Padding with -inf, as PyTorch's MaxPool2d(padding=1): a padded pixel never wins.
+        out = nnx.max_pool(out, window_shape=(3, 3), strides=(2, 2), padding=_PAD_ONE)
+        for stage_index in range(stage):
+            for block in self.stages[stage_index]:
+                out = block(out, train=train)
+        return out
+
+    def upper(self, features: jax.Array, stage: int, *, train: bool) -> jax.Array:
+        """Stages stage+1..4 on a feature map from `lower(x, stage)`, then global average pooling -> (B, C)."""
+        self._check_stage(stage)
+        out = features
+        for stage_index in range(stage, self.num_stages):
+            for block in self.stages[stage_index]:
+                out = block(out, train=train)
+        return jnp.mean(out, axis=(1, 2))
+
+    def classify(self, pooled: jax.Array) -> jax.Array:
+        """Logits from pooled features (B, C): linear, or cosines for the normed head."""
+        return self.head(pooled)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.classify(self.upper(self.lower(x, self.num_stages, train=train), self.num_stages, train=train))
+
+
+def resnet50(
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    width: int = 64,
+    blocks_per_stage: int | None = None,
+    head: str = "linear",
+    rngs: nnx.Rngs,
+) -> ResNet:
+    """ResNet-50 (25,557,032 parameters for 1000 classes). The depth is in the name: `blocks_per_stage`
+    (the registry's argument for the CIFAR family) is ignored; `width` is the stem's channel count.
+    """
+    del blocks_per_stage
+    return ResNet(num_classes, layers=RESNET50_LAYERS, in_channels=in_channels, width=width, head=head, rngs=rngs)
+
+
+def resnet152(
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    width: int = 64,
+    blocks_per_stage: int | None = None,
+    head: str = "linear",
+    rngs: nnx.Rngs,
+) -> ResNet:
+    """ResNet-152 (60,192,808 parameters for 1000 classes); arguments as for `resnet50`."""
+    del blocks_per_stage
+    return ResNet(num_classes, layers=RESNET152_LAYERS, in_channels=in_channels, width=width, head=head, rngs=rngs)
