@@ -26,6 +26,7 @@ TRAIN_RULES = ("none", "reweight", "resample", "drw", "drs")
 _REWEIGHT_RULES = ("reweight", "drw")
 _RESAMPLE_RULES = ("resample", "drs")
 _DEFERRED_RULES = ("drw", "drs")
+_MAX_LISTED_CLASSES = 10  # class ids named in an error before "and N more".
 
 BaseLoss = Callable[[jax.Array, jax.Array, jax.Array | None, jax.Array | int], jax.Array]
 
@@ -35,8 +36,13 @@ def _validated_counts(class_counts: Sequence[int] | np.ndarray) -> np.ndarray:
     counts = np.asarray(class_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError(f"class_counts must be a non-empty 1-D sequence, got shape {counts.shape}")
-    if np.any(counts < 1):
-        raise ValueError(f"class_counts must all be >= 1, got {counts.tolist()}")
+    empty = np.flatnonzero(counts < 1)
+    if empty.size:
+        shown = ", ".join(str(int(c)) for c in empty[:_MAX_LISTED_CLASSES])
+        more = f" and {empty.size - _MAX_LISTED_CLASSES} more" if empty.size > _MAX_LISTED_CLASSES else ""
+        raise ValueError(f"{empty.size} of {counts.size} classes have no training example (class ids {shown}{more}); "
+                         "LDAM margins and class-balanced weights need every class to have at least one "
+                         "(use loss.name=ce or focal with loss.train_rule=none, or data that covers every class)")
     return counts
 
 
@@ -198,7 +204,9 @@ def make_base_loss(loss_config: ml_collections.ConfigDict, class_counts: Sequenc
 
     The loss and its margins are chosen here; at call time only the DRW switch depends on `epoch`.
     """
-    validate_loss_config(loss_config, _validated_counts(class_counts).size)
+    validate_loss_config(loss_config, len(class_counts))
+    if loss_config.train_rule in _REWEIGHT_RULES:
+        class_balanced_weights(class_counts, loss_config.cb_beta)  # Fails here on an empty class, not when traced.
     if loss_config.name == "focal":
         loss_by_name = functools.partial(focal_loss, gamma=loss_config.focal_gamma)
     elif loss_config.name == "ldam":
