@@ -1,8 +1,10 @@
-"""Train-step images/s of ResNet-32 (batch 128, CIFAR shapes) without and with SAFA, in the same process.
+"""Train-step images/s without and with SAFA, in the same process: ResNet-32 on CIFAR shapes, or ResNet-50.
 
 Prints, for each variant, the median images/s over repeats of timed steps (after compile and warm-up),
 the step-time ratio with/without SAFA, and the FLOP ratio from XLA's cost analysis of the compiled steps.
 Run from the repository root:  .venv/bin/python bench/train_throughput.py [--repeats 3 --steps 10]
+ResNet-50 at 224 px (SAFA after stage 3, the large-scale placement):
+  .venv/bin/python bench/train_throughput.py --model=resnet50 --image_size=224 --batch_size=16 --stage=3
 """
 
 import argparse
@@ -26,12 +28,15 @@ from safa_jax.experiment import build_experiment  # noqa: E402
 from safa_jax.train import make_input, make_train_step  # noqa: E402
 
 
-def synthetic_cifar_lt(rho: float = 100.0) -> LongTailedData:
-    """Random uint8 images with CIFAR-10-LT's class counts (the step's cost does not depend on pixel values)."""
-    counts = longtail_class_counts(5000, 10, rho)
+def synthetic_cifar_lt(rho: float = 100.0, *, n_max: int = 5000, image_size: int = 32) -> LongTailedData:
+    """Random uint8 images with CIFAR-10-LT's class counts (the step's cost does not depend on pixel values).
+
+    A smaller `n_max` keeps large images in memory (the step draws its batches from the device).
+    """
+    counts = longtail_class_counts(n_max, 10, rho)
     labels = np.repeat(np.arange(10), counts).astype(np.int32)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (len(labels), image_size, image_size, 3), dtype=np.uint8)
     test_labels = np.repeat(np.arange(10), 10).astype(np.int32)
     return LongTailedData(images, labels, np.arange(len(labels)), images[:100], test_labels,
                           tuple(str(i) for i in range(10)), counts, counts,
@@ -49,8 +54,8 @@ def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, war
     analysis = compiled.cost_analysis()
     flops = float((analysis[0] if isinstance(analysis, list) else analysis).get("flops", float("nan")))
     for _ in range(warmup):
-        state, out = step_fn(state, args, key)
-    jax.block_until_ready(out)
+        state, _ = step_fn(state, args, key)
+    jax.block_until_ready(state)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -67,16 +72,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--stage", type=int, default=2)
+    parser.add_argument("--stage", type=int, default=2, help="SAFA placement (2 for ResNet-32, 3 for ResNet-50)")
+    parser.add_argument("--model", default="resnet32", choices=("resnet32", "resnet50"))
+    parser.add_argument("--image_size", type=int, default=32)
     args = parser.parse_args()
     print("machine:", machine_description())
-    data = synthetic_cifar_lt()
+    print(f"{args.model} at {args.image_size}x{args.image_size}, batch {args.batch_size}, float32; "
+          f"median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps", flush=True)
+    # Large images: fewer of them, so the device-resident training set stays small.
+    data = synthetic_cifar_lt(n_max=5000 if args.image_size <= 32 else 100, image_size=args.image_size)
     results = {}
     variants = [("baseline (CE)", False, False), ("SAFA, modules only (before start_epoch)", True, False),
                 ("SAFA, augmented features classified", True, True)]
     for name, safa, augmented in variants:
         config = cifar10_lt.get_config("100")
         config.batch_size = args.batch_size
+        config.model.name = args.model
+        config.model.width = 16 if args.model == "resnet32" else 64
+        config.data.image_size = args.image_size
+        config.data.crop_padding = args.image_size // 8
         config.safa.enabled = safa
         config.safa.stage = args.stage
         rate, rates, flops = measure(config, data, with_augmented=augmented, repeats=args.repeats,

@@ -67,15 +67,20 @@ class _Source:
     load_test: Callable[[], tuple[np.ndarray, np.ndarray]]  # -> (conformed uint8 images, labels).
 
 
-def validate_data_config(data_config) -> None:
-    """Cheap checks of `config.data` before anything is read, so a bad run fails in a second."""
-    _parse_source(data_config.source)
+def validate_subset_and_shape(data_config) -> None:
+    """The checks every pipeline shares: the long-tailed profile, channels and image size."""
     longtail.validate_subsampling(data_config)
     if data_config.channels not in PIL_MODES:
         raise ValueError(f"data.channels={data_config.channels} is not supported; allowed: 1 (grey) or 3 (RGB).")
     if data_config.image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"data.image_size={data_config.image_size} is too small; "
                          f"allowed: >= {MIN_IMAGE_SIZE}.")
+
+
+def validate_data_config(data_config) -> None:
+    """Cheap checks of `config.data` before anything is read, so a bad run fails in a second."""
+    _parse_source(data_config.source)
+    validate_subset_and_shape(data_config)
     mean, std = tuple(data_config.mean), tuple(data_config.std)
     if (len(mean), len(std)) != (0, 0):
         if len(mean) != data_config.channels or len(std) != data_config.channels:

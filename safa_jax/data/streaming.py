@@ -49,13 +49,12 @@ import numpy as np
 
 from safa_jax.data import longtail, lt_lists
 from safa_jax.data.device_pipeline import steps_per_epoch
-from safa_jax.data.sources import MIN_IMAGE_SIZE
+from safa_jax.data.sources import validate_subset_and_shape
 
 if typing.TYPE_CHECKING:
     import tensorflow as tf
 
 STREAM_SOURCE_FORMS = ("folder:PATH", "tfds:NAME", "imagenet_lt:LISTS_DIR", "places_lt:LISTS_DIR")
-STREAM_CHANNELS = (1, 3)
 TFDS_TEST_SPLITS = {"i_naturalist2018": "validation"}
 RRC_AREA_RANGE = (0.08, 1.0)
 RRC_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -284,11 +283,7 @@ def decode_center_crop(encoded: "tf.Tensor", *, size: int, channels: int) -> "tf
 def validate_stream_config(data_config) -> None:
     """Checks of `config.data` specific to streaming, before anything is read."""
     _parse_stream_source(data_config.source)
-    longtail.validate_subsampling(data_config)
-    if data_config.channels not in STREAM_CHANNELS:
-        raise ValueError(f"data.channels={data_config.channels} is not supported; allowed: 1 (grey) or 3 (RGB).")
-    if data_config.image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"data.image_size={data_config.image_size} is too small; allowed: >= {MIN_IMAGE_SIZE}.")
+    validate_subset_and_shape(data_config)
     mean, std = tuple(data_config.mean), tuple(data_config.std)
     if len(mean) != data_config.channels or len(std) != data_config.channels or min(std) <= 0:
         raise ValueError(f"data.mean={mean} and data.std={std}: streamed data needs both set, with "
