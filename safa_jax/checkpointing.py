@@ -13,6 +13,10 @@ import orbax.checkpoint as ocp
 
 # Config sections that fix the shapes of the saved state: they must match to restore.
 SHAPE_DEFINING_FIELDS = ("model", "safa.enabled", "safa.stage", "safa.q_width", "data.channels")
+# Fields inside those sections that only change how the step computes, not the saved state: not compared,
+# so a run can resume or be evaluated with another setting, and checkpoints written before a field existed
+# still restore.
+COMPUTE_ONLY_FIELDS = ("model.compute_dtype",)
 
 
 class CheckpointMismatchError(ValueError):
@@ -76,6 +80,8 @@ def shape_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
         value = config_dict
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in COMPUTE_ONLY_FIELDS}
         fields[dotted] = value
     return fields
 

@@ -9,6 +9,7 @@ from safa_jax.data.streaming import validate_stream_config
 from safa_jax.losses.base import validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
 from safa_jax.models.torch_import import read_pretrained_info
+from safa_jax.precision import Precision
 
 DATA_PIPELINES = ("memory", "stream")
 
@@ -40,6 +41,7 @@ def validate_config(config) -> None:
             raise ValueError(f"config.model.init_checkpoint={config.model.init_checkpoint!r} holds {recorded} "
                              f"weights, but config.model.name={config.model.name!r}")
     _positive_int(config.model.blocks_per_stage, "model.blocks_per_stage")
+    Precision.from_config(config.model)  # Names an unknown compute_dtype and the allowed ones.
     validate_loss_config(config.loss, num_classes=None)
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
                   "checkpoint_every_steps", "keep_checkpoints"):

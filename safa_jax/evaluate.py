@@ -19,21 +19,26 @@ from safa_jax import checkpointing, metrics, sharding
 from safa_jax.data.device_pipeline import normalize, to_unit_float
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import Experiment, build_experiment, restore_if_any
+from safa_jax.precision import Precision
 from safa_jax.state import NnxBridge, TrainState
 
 if TYPE_CHECKING:
     from safa_jax.data.streaming import StreamingData
 
 
-def make_predict_fn(backbone: NnxBridge, mean, std) -> Callable:
-    """jit(params, batch_stats, uint8 images) -> logits, in eval mode (running BN statistics)."""
+def make_predict_fn(backbone: NnxBridge, mean, std, *, compute_dtype: str = "float32") -> Callable:
+    """jit(params, batch_stats, uint8 images) -> float32 logits, in eval mode (running BN statistics).
+
+    `compute_dtype` (`config.model.compute_dtype`): the forward pass's dtype; see `safa_jax.precision`.
+    """
     mean, std = tuple(mean), tuple(std)
+    precision = Precision(compute_dtype)
 
     @jax.jit
     def predict(params, batch_stats, images):
-        model = backbone.merge(params, batch_stats)
+        model = backbone.merge(precision.to_compute(params), batch_stats)
         x = normalize(to_unit_float(images), mean, std)
-        return model(x, train=False)
+        return precision.to_float32(model(precision.to_compute(x), train=False))
 
     return predict
 
@@ -108,7 +113,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
         raise FileNotFoundError(f"no checkpoint to evaluate in {checkpoints.directory}")
     experiment, state = build_experiment(config, mesh=mesh, data=data)
     state = restore_if_any(experiment, checkpoints, state, step)
-    predict = make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std)
+    predict = make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std,
+                              compute_dtype=experiment.config.model.compute_dtype)
     summary = evaluate_state(experiment, state, predict)
     if jax.process_index() == 0:
         path = metrics.write_summary(summary, experiment.data.class_names, workdir)

@@ -28,6 +28,7 @@ from safa_jax.experiment import (Experiment, build_experiment, config_record, le
 from safa_jax.losses.base import balanced_sampling_at, make_base_loss
 from safa_jax.losses.safa import safa_total_loss
 from safa_jax.models.safa import safa_augment
+from safa_jax.precision import Precision
 from safa_jax.state import NnxBridge, TrainState, count_params
 
 
@@ -122,8 +123,11 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
     is_head_class = jnp.asarray(experiment.is_head_class)
     batch_sharding = sharding.batch_sharded(mesh)
     schedule = learning_rate_schedule(config.optim, spe)
+    precision = Precision.from_config(config.model)
 
     def loss_fn(params, batch_stats, x, y, epoch, key):
+        # bfloat16 compute: cast here, inside the differentiated function, so gradients come back float32.
+        params, x = precision.to_compute(params), precision.to_compute(x)
         backbone = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
         new_stats, aux = {}, {}
         weights = jnp.ones(y.shape, jnp.float32)
@@ -133,6 +137,7 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
             out = safa_augment(modules, features, y, is_head_class, key, num_slots=safa_cfg.num_slots,
                                safa_config=safa_cfg, train=True)
             new_stats["safa"] = NnxBridge.batch_stats_of(modules)
+            out = out.replace(terms=precision.to_float32(out.terms), parts=precision.to_float32(out.parts))
             safa_loss = safa_total_loss(out.terms, safa_cfg)
             aux.update({f"safa/{name}": value for name, value in out.terms.items()})
             aux.update({f"safa/{name}": value for name, value in out.stats.items()})
@@ -148,6 +153,8 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
             y_all, safa_loss = y, 0.0
             logits = backbone(x, train=True)
         new_stats["backbone"] = NnxBridge.batch_stats_of(backbone)
+        new_stats = precision.like(new_stats, batch_stats)
+        logits = precision.to_float32(logits)
         cls_loss = base_loss(logits, y_all, weights, epoch)
         real_logits = logits[:y.shape[0]]
         aux["classification_loss"] = cls_loss
@@ -206,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     batch_input = make_input(experiment, start_step=int(state.step))
     seed_key = jax.random.key(config.seed)
     steps = {flag: make_train_step(experiment, batch_input, with_augmented=flag) for flag in (False, True)}
-    predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std)
+    predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std,
+                                       compute_dtype=config.model.compute_dtype)
     progress = metrics.create_progress(experiment.num_train_steps, writer)
 
     spe = experiment.steps_per_epoch
