@@ -85,7 +85,7 @@ def main() -> None:
                   f"including compile and evaluation); " + json.dumps(
                       {k: _fmt(summary[k]) for k in ("top1_accuracy", "top1_error", "many_shot_accuracy",
                                                      "medium_shot_accuracy", "few_shot_accuracy")}))
-    print(f"\n| variant | top-1 error % | many | medium | few | wall s | images/s |\n|---|---|---|---|---|---|---|")
+    print("\n| variant | top-1 error % | many | medium | few | wall s | images/s |\n|---|---|---|---|---|---|---|")
     for name, s, seconds, rate in rows:
         print(f"| {name} | {_fmt(s['top1_error'])} | {_fmt(s['many_shot_accuracy'])} | "
               f"{_fmt(s['medium_shot_accuracy'])} | {_fmt(s['few_shot_accuracy'])} | {seconds:.0f} | {rate:.1f} |")

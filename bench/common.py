@@ -1,7 +1,8 @@
-"""What every benchmark prints first: the machine and the versions, so a recorded figure can be placed."""
+"""What every benchmark prints: the machine and the versions first, so a recorded figure can be placed; medians."""
 
 import os
 import platform
+import statistics
 import sys
 
 
@@ -16,3 +17,10 @@ def machine_description() -> str:
     devices = jax.devices()
     return (f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {len(devices)} x {devices[0].device_kind}; "
             f"Python {sys.version.split()[0]}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+
+
+def report(label: str, rates: list[float]) -> float:
+    """Prints `label: median (repeats ...)` for one variant's repeated images/s figures; returns the median."""
+    median = statistics.median(rates)
+    print(f"{label}: {median:.1f} (repeats {', '.join(f'{r:.1f}' for r in rates)})", flush=True)
+    return median

@@ -11,7 +11,6 @@ Run from the repository root:  .venv/bin/python bench/eval_throughput.py [--batc
 import argparse
 import os
 import pathlib
-import statistics
 import sys
 import time
 
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import machine_description  # noqa: E402
+from bench.common import machine_description, report  # noqa: E402
 from bench.torch_resnet32 import ResNetCifar as TorchResNetCifar  # noqa: E402
 from safa_jax.evaluate import make_predict_fn  # noqa: E402
 from safa_jax.models import build_model  # noqa: E402
@@ -71,12 +70,6 @@ def torch_rates(memory_format: torch.memory_format, args: argparse.Namespace) ->
     return timed_rates(run_batches, args)
 
 
-def report(name: str, rates: list[float]) -> float:
-    median = statistics.median(rates)
-    print(f"{name} eval images/s: {median:.1f} (repeats {', '.join(f'{r:.1f}' for r in rates)})", flush=True)
-    return median
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -87,9 +80,9 @@ def main() -> None:
     print("machine:", machine_description())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ResNet-32 eval forward, "
           f"batch {args.batch_size}, 32x32x3; median of {args.repeats} repeats x {args.batches} batches", flush=True)
-    jax_rate = report("jax", jax_rates(args))
-    torch_rate = max(report("torch NCHW", torch_rates(torch.contiguous_format, args)),
-                     report("torch channels_last", torch_rates(torch.channels_last, args)))
+    jax_rate = report("jax eval images/s", jax_rates(args))
+    torch_rate = max(report("torch NCHW eval images/s", torch_rates(torch.contiguous_format, args)),
+                     report("torch channels_last eval images/s", torch_rates(torch.channels_last, args)))
     print(f"jax/torch eval images/s ratio (against the faster layout): {jax_rate / torch_rate:.3f}")
 
 

@@ -17,7 +17,6 @@ The last line reads `jax/torch images/s ratio: X`.
 import argparse
 import os
 import pathlib
-import statistics
 import sys
 import time
 
@@ -27,7 +26,7 @@ import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import machine_description  # noqa: E402
+from bench.common import machine_description, report  # noqa: E402
 from bench.torch_resnet32 import ResNetCifar  # noqa: E402
 from bench.train_throughput import measure, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
@@ -80,13 +79,6 @@ def measure_jax(args: argparse.Namespace, *, safa: bool) -> list[float]:
     return rates
 
 
-def report(name: str, rates: list[float]) -> float:
-    """Prints one variant's median and repeats; returns the median."""
-    median = statistics.median(rates)
-    print(f"{name} images/s: {median:.1f} (repeats {', '.join(f'{r:.1f}' for r in rates)})", flush=True)
-    return median
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -114,9 +106,10 @@ def main() -> None:
           f"32x32x3 float32; median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps",
           flush=True)
 
-    jax_rate = report("jax", measure_jax(args, safa=False))
-    safa_rate = report("jax+safa", measure_jax(args, safa=True)) if args.safa else None
-    torch_rates = {layout: report(f"torch {layout}", measure_torch(layout, args)) for layout in TORCH_LAYOUTS}
+    jax_rate = report("jax images/s", measure_jax(args, safa=False))
+    safa_rate = report("jax+safa images/s", measure_jax(args, safa=True)) if args.safa else None
+    torch_rates = {layout: report(f"torch {layout} images/s", measure_torch(layout, args))
+                   for layout in TORCH_LAYOUTS}
     faster_layout = max(torch_rates, key=torch_rates.get)
     torch_rate = torch_rates[faster_layout]
     print(f"faster torch layout: {faster_layout}")

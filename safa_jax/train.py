@@ -6,7 +6,6 @@ the batches of an uninterrupted one. The step is compiled in two variants, befor
 features join the classification loss (their shapes differ); the host picks one per step.
 """
 
-import dataclasses
 import json
 import logging
 import pathlib

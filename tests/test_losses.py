@@ -110,9 +110,14 @@ def test_ldam_margins_cifar10_lt():
     np.testing.assert_allclose(margins, 0.5 * (50 / np.array(CIFAR10_LT_100)) ** 0.25, rtol=1e-6)
 
 
-@pytest.mark.parametrize("counts", [[5, 0, 2], [[1, 2]], []])
-def test_bad_class_counts_raise(counts):
-    with pytest.raises(ValueError, match="class_counts"):
+@pytest.mark.parametrize("counts, message", [
+    ([5, 0, 2], r"1 of 3 classes have no training example \(class ids 1\)"),
+    (list(range(-11, 2)), r"12 of 13 classes .*\(class ids 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more\)"),
+    ([[1, 2]], "class_counts must be a non-empty 1-D sequence"),
+    ([], "class_counts must be a non-empty 1-D sequence"),
+])
+def test_bad_class_counts_raise(counts, message):
+    with pytest.raises(ValueError, match=message):
         base.class_balanced_weights(counts, 0.9)
 
 

@@ -14,10 +14,10 @@ running statistics are used as they are.
 """
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, build_head, torch_linear_bias_init
+from safa_jax.models.split_backbone import SplitBackbone
 
 RESNET50_LAYERS = (3, 4, 6, 3)
 RESNET152_LAYERS = (3, 8, 36, 3)
@@ -97,7 +97,7 @@ def torchvision_head(head: str, in_features: int, num_classes: int, *, rngs: nnx
     return build_head(head, in_features, num_classes, rngs=rngs)
 
 
-class ResNet(nnx.Module):
+class ResNet(SplitBackbone):
     """torchvision's bottleneck ResNet (v1.5): `layers` blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
 
     7x7/2 stem conv, BN, ReLU, 3x3/2 max pool, then four stages of bottlenecks with `width`,
@@ -142,10 +142,6 @@ class ResNet(nnx.Module):
         self.stages = nnx.List(stages)
         self.head = torchvision_head(head, block_in, num_classes, rngs=rngs)
 
-    def _check_stage(self, stage: int) -> None:
-        if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
-            raise ValueError(f"stage must be one of 1..{self.num_stages}, got {stage!r}")
-
     def stage_channels(self, stage: int) -> int:
         """Channels of the feature map after `stage` (1..4): 256, 512, 1024, 2048 at width 64."""
         self._check_stage(stage)
@@ -165,59 +161,26 @@ class ResNet(nnx.Module):
             side = (side + 1) // 2
         return side, side, self.stage_channels(stage)
 
-    def lower(self, x: jax.Array, stage: int, *, train: bool) -> jax.Array:
-        """Stem, max pool and stages 1..stage: the feature map F on which SAFA works (NHWC)."""
-        self._check_stage(stage)
+    def stem(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """7x7/2 conv, BN, ReLU, 3x3/2 max pool."""
         out = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
         # Padding with -inf, as PyTorch's MaxPool2d(padding=1): a padded pixel never wins.
-        out = nnx.max_pool(out, window_shape=(3, 3), strides=(2, 2), padding=_PAD_ONE)
-        for stage_index in range(stage):
-            for block in self.stages[stage_index]:
-                out = block(out, train=train)
-        return out
-
-    def upper(self, features: jax.Array, stage: int, *, train: bool) -> jax.Array:
-        """Stages stage+1..4 on a feature map from `lower(x, stage)`, then global average pooling -> (B, C)."""
-        self._check_stage(stage)
-        out = features
-        for stage_index in range(stage, self.num_stages):
-            for block in self.stages[stage_index]:
-                out = block(out, train=train)
-        return jnp.mean(out, axis=(1, 2))
-
-    def classify(self, pooled: jax.Array) -> jax.Array:
-        """Logits from pooled features (B, C): linear, or cosines for the normed head."""
-        return self.head(pooled)
-
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return self.classify(self.upper(self.lower(x, self.num_stages, train=train), self.num_stages, train=train))
+        return nnx.max_pool(out, window_shape=(3, 3), strides=(2, 2), padding=_PAD_ONE)
 
 
-def resnet50(
-    num_classes: int,
-    *,
-    in_channels: int = 3,
-    width: int = 64,
-    blocks_per_stage: int | None = None,
-    head: str = "linear",
-    rngs: nnx.Rngs,
-) -> ResNet:
-    """ResNet-50 (25,557,032 parameters for 1000 classes). The depth is in the name: `blocks_per_stage`
-    (the registry's argument for the CIFAR family) is ignored; `width` is the stem's channel count.
+def _torchvision_resnet(num_classes: int, layers: tuple[int, ...], *, in_channels: int = 3, width: int = 64,
+                       blocks_per_stage: int | None = None, head: str = "linear", rngs: nnx.Rngs) -> ResNet:
+    del blocks_per_stage  # The registry's argument for the CIFAR family; here the depth is in the name.
+    return ResNet(num_classes, layers=layers, in_channels=in_channels, width=width, head=head, rngs=rngs)
+
+
+def resnet50(num_classes: int, **kwargs) -> ResNet:
+    """ResNet-50 (25,557,032 parameters for 1000 classes). `blocks_per_stage` (the registry's argument
+    for the CIFAR family) is ignored; `width` is the stem's channel count (64).
     """
-    del blocks_per_stage
-    return ResNet(num_classes, layers=RESNET50_LAYERS, in_channels=in_channels, width=width, head=head, rngs=rngs)
+    return _torchvision_resnet(num_classes, RESNET50_LAYERS, **kwargs)
 
 
-def resnet152(
-    num_classes: int,
-    *,
-    in_channels: int = 3,
-    width: int = 64,
-    blocks_per_stage: int | None = None,
-    head: str = "linear",
-    rngs: nnx.Rngs,
-) -> ResNet:
+def resnet152(num_classes: int, **kwargs) -> ResNet:
     """ResNet-152 (60,192,808 parameters for 1000 classes); arguments as for `resnet50`."""
-    del blocks_per_stage
-    return ResNet(num_classes, layers=RESNET152_LAYERS, in_channels=in_channels, width=width, head=head, rngs=rngs)
+    return _torchvision_resnet(num_classes, RESNET152_LAYERS, **kwargs)

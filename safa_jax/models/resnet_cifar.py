@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, KAIMING_NORMAL, build_head
+from safa_jax.models.split_backbone import SplitBackbone
 
 # PyTorch's padding=1 on every 3x3 conv. "SAME" would pad a stride-2 conv on an even size by
 # (0, 1) instead of (1, 1), moving every output window one pixel off the option-A shortcut's
@@ -71,7 +72,7 @@ class BasicBlock(nnx.Module):
         return nnx.relu(out + shortcut)
 
 
-class ResNetCifar(nnx.Module):
+class ResNetCifar(SplitBackbone):
     """ResNet-32 for CIFAR exactly as REFERENCE.md / the LDAM-DRW reference code (resnet32 in models/resnet_cifar.py).
 
     Depth is 6 * blocks_per_stage + 2: blocks_per_stage=5 is ResNet-32 (about 0.46 M parameters
@@ -119,10 +120,6 @@ class ResNetCifar(nnx.Module):
         self.stages = nnx.List(stages)
         self.head = build_head(head, in_planes, num_classes, rngs=rngs)
 
-    def _check_stage(self, stage: int) -> None:
-        if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
-            raise ValueError(f"stage must be one of 1..{self.num_stages}, got {stage!r}")
-
     def stage_channels(self, stage: int) -> int:
         """Channels of the feature map after `stage` (1..3)."""
         self._check_stage(stage)
@@ -141,27 +138,6 @@ class ResNetCifar(nnx.Module):
             side = (side + 1) // 2
         return side, side, self.stage_channels(stage)
 
-    def lower(self, x: jax.Array, stage: int, *, train: bool) -> jax.Array:
-        """Stem and stages 1..stage: the feature map F on which SAFA works (NHWC)."""
-        self._check_stage(stage)
-        out = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
-        for stage_index in range(stage):
-            for block in self.stages[stage_index]:
-                out = block(out, train=train)
-        return out
-
-    def upper(self, features: jax.Array, stage: int, *, train: bool) -> jax.Array:
-        """Stages stage+1..3 on a feature map from `lower(x, stage)`, then global average pooling -> (B, C)."""
-        self._check_stage(stage)
-        out = features
-        for stage_index in range(stage, self.num_stages):
-            for block in self.stages[stage_index]:
-                out = block(out, train=train)
-        return jnp.mean(out, axis=(1, 2))
-
-    def classify(self, pooled: jax.Array) -> jax.Array:
-        """Logits from pooled features (B, C): linear, or cosines for the normed head."""
-        return self.head(pooled)
-
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return self.classify(self.upper(self.lower(x, self.num_stages, train=train), self.num_stages, train=train))
+    def stem(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """3x3 conv, BN, ReLU."""
+        return nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
