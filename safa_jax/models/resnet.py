@@ -17,6 +17,7 @@ import jax
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, build_head, torch_linear_bias_init
+from safa_jax.models.layers import batch_norm, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
 RESNET50_LAYERS = (3, 4, 6, 3)
@@ -35,21 +36,8 @@ _NO_PAD = ((0, 0), (0, 0))
 
 def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
     padding = {1: _NO_PAD, 3: _PAD_ONE, 7: _STEM_PAD}[kernel]
-    return nnx.Conv(
-        in_channels,
-        out_channels,
-        kernel_size=(kernel, kernel),
-        strides=stride,
-        padding=padding,
-        use_bias=False,
-        kernel_init=KAIMING_NORMAL_FAN_OUT,
-        rngs=rngs,
-    )
-
-
-def _batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # Flax momentum 0.9 is PyTorch's momentum 0.1; scale 1 and bias 0 are torchvision's BN init.
-    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    return conv_no_bias(in_channels, out_channels, kernel, stride, padding, kernel_init=KAIMING_NORMAL_FAN_OUT,
+                        rngs=rngs)
 
 
 class Bottleneck(nnx.Module):
@@ -62,14 +50,14 @@ class Bottleneck(nnx.Module):
     def __init__(self, in_channels: int, planes: int, stride: int, *, rngs: nnx.Rngs):
         out_channels = planes * BOTTLENECK_EXPANSION
         self.conv1 = _conv(in_channels, planes, 1, 1, rngs=rngs)
-        self.bn1 = _batch_norm(planes, rngs=rngs)
+        self.bn1 = batch_norm(planes, rngs=rngs)
         self.conv2 = _conv(planes, planes, 3, stride, rngs=rngs)
-        self.bn2 = _batch_norm(planes, rngs=rngs)
+        self.bn2 = batch_norm(planes, rngs=rngs)
         self.conv3 = _conv(planes, out_channels, 1, 1, rngs=rngs)
-        self.bn3 = _batch_norm(out_channels, rngs=rngs)
+        self.bn3 = batch_norm(out_channels, rngs=rngs)
         changes_shape = stride != 1 or in_channels != out_channels
         self.downsample = (
-            nnx.List([_conv(in_channels, out_channels, 1, stride, rngs=rngs), _batch_norm(out_channels, rngs=rngs)])
+            nnx.List([_conv(in_channels, out_channels, 1, stride, rngs=rngs), batch_norm(out_channels, rngs=rngs)])
             if changes_shape
             else None
         )
@@ -129,7 +117,7 @@ class ResNet(SplitBackbone):
             raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
         self.width = width
         self.stem_conv = _conv(in_channels, width, 7, 2, rngs=rngs)
-        self.stem_bn = _batch_norm(width, rngs=rngs)
+        self.stem_bn = batch_norm(width, rngs=rngs)
         stages = []
         block_in = width
         for stage, num_blocks in enumerate(layers, start=1):

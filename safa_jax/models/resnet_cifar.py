@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, KAIMING_NORMAL, build_head
+from safa_jax.models.layers import batch_norm, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
 # PyTorch's padding=1 on every 3x3 conv. "SAME" would pad a stride-2 conv on an even size by
@@ -27,21 +28,7 @@ _PAD_ONE = ((1, 1), (1, 1))
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(
-        in_channels,
-        out_channels,
-        kernel_size=(3, 3),
-        strides=stride,
-        padding=_PAD_ONE,
-        use_bias=False,
-        kernel_init=KAIMING_NORMAL,
-        rngs=rngs,
-    )
-
-
-def _batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # Flax momentum 0.9 is PyTorch's momentum 0.1 (Flax weights the old running value).
-    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    return conv_no_bias(in_channels, out_channels, 3, stride, _PAD_ONE, kernel_init=KAIMING_NORMAL, rngs=rngs)
 
 
 def option_a_shortcut(x: jax.Array, planes: int) -> jax.Array:
@@ -59,9 +46,9 @@ class BasicBlock(nnx.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int, *, rngs: nnx.Rngs):
         self.conv1 = _conv3x3(in_planes, planes, stride, rngs=rngs)
-        self.bn1 = _batch_norm(planes, rngs=rngs)
+        self.bn1 = batch_norm(planes, rngs=rngs)
         self.conv2 = _conv3x3(planes, planes, 1, rngs=rngs)
-        self.bn2 = _batch_norm(planes, rngs=rngs)
+        self.bn2 = batch_norm(planes, rngs=rngs)
         self.planes = planes
         self.changes_shape = stride != 1 or in_planes != planes
 
@@ -107,7 +94,7 @@ class ResNetCifar(SplitBackbone):
             raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
         self.width = width
         self.stem_conv = _conv3x3(in_channels, width, 1, rngs=rngs)
-        self.stem_bn = _batch_norm(width, rngs=rngs)
+        self.stem_bn = batch_norm(width, rngs=rngs)
         stages = []
         in_planes = width
         for stage in range(1, self.num_stages + 1):
