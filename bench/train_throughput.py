@@ -75,9 +75,11 @@ def main() -> None:
     parser.add_argument("--stage", type=int, default=2, help="SAFA placement (2 for ResNet-32, 3 for ResNet-50)")
     parser.add_argument("--model", default="resnet32", choices=("resnet32", "resnet50"))
     parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--safa_kernel_size", type=int, default=3, help="config.safa.kernel_size: 3 or 1")
     args = parser.parse_args()
     print("machine:", machine_description())
-    print(f"{args.model} at {args.image_size}x{args.image_size}, batch {args.batch_size}, float32; "
+    print(f"{args.model} at {args.image_size}x{args.image_size}, batch {args.batch_size}, float32, SAFA after stage "
+          f"{args.stage} with {args.safa_kernel_size}x{args.safa_kernel_size} modules; "
           f"median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps", flush=True)
     # Large images: fewer of them, so the device-resident training set stays small.
     data = synthetic_cifar_lt(n_max=5000 if args.image_size <= 32 else 100, image_size=args.image_size)
@@ -93,6 +95,7 @@ def main() -> None:
         config.data.crop_padding = args.image_size // 8
         config.safa.enabled = safa
         config.safa.stage = args.stage
+        config.safa.kernel_size = args.safa_kernel_size
         rate, rates, flops = measure(config, data, with_augmented=augmented, repeats=args.repeats,
                                      steps=args.steps, warmup=args.warmup)
         results[name] = (rate, flops)

@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.safa.num_slots = -1  # (R) generated tail features per batch; -1 = batch_size // 2.
     config.safa.start_epoch = 160  # (R) augmented features join the classification loss from here.
     config.safa.q_width = -1  # (R) contrastive module width; -1 = the feature's channel count.
+    # (R) kernel of the E, D, G and Q convolutions: 3 (3x3) or 1 (1x1: 9x fewer module multiply-adds, for
+    # wide features such as ResNet-50's 1024 channels after stage 3).
+    config.safa.kernel_size = 3
     config.safa.lambda_reconstruction = 1.0  # (R)
     config.safa.lambda_contrastive = 0.1  # (R)
     config.safa.lambda_ms_head = 0.01  # (R)

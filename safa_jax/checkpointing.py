@@ -12,7 +12,8 @@ import jax
 import orbax.checkpoint as ocp
 
 # Config sections that fix the shapes of the saved state: they must match to restore.
-SHAPE_DEFINING_FIELDS = ("model", "safa.enabled", "safa.stage", "safa.q_width", "data.channels")
+SHAPE_DEFINING_FIELDS = ("model", "safa.enabled", "safa.stage", "safa.q_width", "safa.kernel_size",
+                         "data.channels")
 # Fields inside those sections that only change how the step computes, not the saved state: not compared,
 # so a run can resume or be evaluated with another setting, and checkpoints written before a field existed
 # still restore.

@@ -8,6 +8,7 @@ from safa_jax.data.sources import validate_data_config
 from safa_jax.data.streaming import validate_stream_config
 from safa_jax.losses.base import validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
+from safa_jax.models.safa import SAFA_KERNEL_SIZES
 from safa_jax.models.torch_import import read_pretrained_info
 from safa_jax.precision import Precision
 
@@ -71,6 +72,9 @@ def _validate_safa(safa) -> None:
         _positive_int(safa.num_slots, "safa.num_slots (or -1 for batch_size // 2)")
     if safa.q_width != -1:
         _positive_int(safa.q_width, "safa.q_width (or -1 for the feature's channel count)")
+    if safa.kernel_size not in SAFA_KERNEL_SIZES:
+        raise ValueError(f"config.safa.kernel_size={safa.kernel_size!r}; "
+                         f"allowed: {', '.join(map(str, SAFA_KERNEL_SIZES))}")
     if safa.start_epoch < 0:
         raise ValueError(f"config.safa.start_epoch must be >= 0, got {safa.start_epoch}")
     if safa.ms_eps <= 0:

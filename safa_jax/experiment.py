@@ -117,7 +117,8 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
         channels = model.feature_shape(config.safa.stage, config.data.image_size)[-1]
         if config.safa.q_width == -1:
             config.safa.q_width = channels
-        modules = SafaModules(channels, q_width=config.safa.q_width, rngs=rngs)
+        modules = SafaModules(channels, q_width=config.safa.q_width, kernel_size=config.safa.kernel_size,
+                              rngs=rngs)
         safa_bridge, params["safa"], stats["safa"] = NnxBridge.split(modules)
 
     optimizer = make_optimizer(config.optim, spe)

@@ -101,6 +101,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     ("data__imbalance_factor", 0.5, "0.5"),
     ("safa__stage", 0, "safa.stage=0"),
     ("safa__head_ratio", 1.5, "head_ratio"),
+    ("safa__kernel_size", 5, "safa.kernel_size=5; allowed: 3, 1"),
 ])
 def test_bad_config_values_are_named(field, value, message):
     config = tiny_config(**{field: value})

@@ -91,6 +91,23 @@ def test_q_width_sets_the_contrastive_module_width():
         safa.SafaModules(3, q_width=0, rngs=nnx.Rngs(0))
 
 
+def test_kernel_size_one_gives_1x1_modules_with_unchanged_outputs_shapes():
+    modules = safa.SafaModules(3, q_width=-1, kernel_size=1, rngs=nnx.Rngs(0))
+    for block in (modules.delta_extractor, modules.delta_generator, modules.feature_generator):
+        assert block.conv.kernel.shape == (1, 1, 6, 3)
+    assert modules.contrastive.block.conv.kernel.shape == (1, 1, 6, 3)
+    first, second = jnp.ones((2, 4, 4, 3)), jnp.zeros((2, 4, 4, 3))
+    assert modules.extract_delta(first, second, train=True).shape == (2, 4, 4, 3)
+    assert modules.contrastive(first, second, train=True).shape == (2, 2)
+    # A 1x1 convolution mixes channels only: each output pixel depends on its own input pixel.
+    single = modules.delta_extractor(jnp.zeros((1, 4, 4, 6)).at[0, 1, 1].set(1.0), train=False)
+    reference = modules.delta_extractor(jnp.zeros((1, 4, 4, 6)), train=False)
+    changed = np.argwhere(np.any(np.asarray(single != reference), axis=-1))
+    assert changed.tolist() == [[0, 1, 1]]
+    with pytest.raises(ValueError, match="kernel_size=5; allowed: 3, 1"):
+        safa.SafaModules(3, q_width=-1, kernel_size=5, rngs=nnx.Rngs(0))
+
+
 def test_batch_norm_statistics_come_from_valid_entries_only():
     block = safa.ConvBNReLU(2, 3, rngs=nnx.Rngs(0))
     reference = nnx.clone(block)

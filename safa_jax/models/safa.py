@@ -23,14 +23,18 @@ from safa_jax.models import safa_pairing
 KAIMING_NORMAL = nnx.initializers.kaiming_normal()
 BATCH_NORM_MOMENTUM = 0.9  # Flax's 0.9 is PyTorch's 0.1.
 BATCH_NORM_EPSILON = 1e-5
+SAFA_KERNEL_SIZES = (3, 1)  # config.safa.kernel_size: 3x3 (the (R) default) or 1x1.
 
 
 class ConvBNReLU(nnx.Module):
-    """Conv3x3 (no bias) - BatchNorm - ReLU: the block every SAFA module is built from (supplementary)."""
+    """Conv (no bias) - BatchNorm - ReLU: the block every SAFA module is built from (supplementary).
 
-    def __init__(self, in_channels: int, out_channels: int, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(in_channels, out_channels, kernel_size=(3, 3), padding="SAME", use_bias=False,
-                             kernel_init=KAIMING_NORMAL, rngs=rngs)
+    The kernel size is not public: 3x3 is our reconstruction's default, 1x1 the cheap option (R).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size), padding="SAME",
+                             use_bias=False, kernel_init=KAIMING_NORMAL, rngs=rngs)
         self.norm = nnx.BatchNorm(out_channels, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
                                   rngs=rngs)
 
@@ -46,8 +50,8 @@ class ContrastiveModule(nnx.Module):
     Logit 0 means "different class", logit 1 "same class".
     """
 
-    def __init__(self, channels: int, width: int, *, rngs: nnx.Rngs):
-        self.block = ConvBNReLU(2 * channels, width, rngs=rngs)
+    def __init__(self, channels: int, width: int, *, kernel_size: int = 3, rngs: nnx.Rngs):
+        self.block = ConvBNReLU(2 * channels, width, kernel_size=kernel_size, rngs=rngs)
         self.classifier = nnx.Linear(width, 2, rngs=rngs)
 
     def __call__(self, first: jax.Array, second: jax.Array, *, train: bool,
@@ -61,19 +65,22 @@ class SafaModules(nnx.Module):
 
     E, D and G each map a channel-concatenated pair (2C) to C channels, so every delta has the shape of
     the feature F it works on. `q_width` = -1 gives Q the feature's channel count (the (R) default).
+    `kernel_size` (3 or 1, (R)) is that of all four modules' convolutions.
     """
 
-    def __init__(self, channels: int, *, q_width: int, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, q_width: int, kernel_size: int = 3, rngs: nnx.Rngs):
         if channels < 1:
             raise ValueError(f"channels={channels} must be a positive channel count.")
         if q_width == -1:
             q_width = channels
         elif q_width < 1:
             raise ValueError(f"q_width={q_width}: use a positive width, or -1 for the feature's channel count.")
-        self.delta_extractor = ConvBNReLU(2 * channels, channels, rngs=rngs)
-        self.delta_generator = ConvBNReLU(2 * channels, channels, rngs=rngs)
-        self.feature_generator = ConvBNReLU(2 * channels, channels, rngs=rngs)
-        self.contrastive = ContrastiveModule(channels, q_width, rngs=rngs)
+        if kernel_size not in SAFA_KERNEL_SIZES:
+            raise ValueError(f"kernel_size={kernel_size!r}; allowed: {', '.join(map(str, SAFA_KERNEL_SIZES))}.")
+        self.delta_extractor = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+        self.delta_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+        self.feature_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+        self.contrastive = ContrastiveModule(channels, q_width, kernel_size=kernel_size, rngs=rngs)
 
     def extract_delta(self, source: jax.Array, target: jax.Array, *, train: bool,
                       mask: jax.Array | None = None) -> jax.Array:
