@@ -16,7 +16,7 @@ running statistics are used as they are.
 import jax
 from flax import nnx
 
-from safa_jax.models.heads import HEADS, build_head, torch_linear_bias_init
+from safa_jax.models.heads import build_head, torch_linear_bias_init
 from safa_jax.models.layers import batch_norm, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
@@ -105,16 +105,11 @@ class ResNet(SplitBackbone):
         head: str = "linear",
         rngs: nnx.Rngs,
     ):
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        self._check_common_arguments(num_classes, in_channels, head)
         if width < 1:
             raise ValueError(f"width must be at least 1 (64 in torchvision), got {width}")
         if len(layers) != self.num_stages or min(layers) < 1:
             raise ValueError(f"layers must be {self.num_stages} block counts of at least 1, got {layers!r}")
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
         self.width = width
         self.stem_conv = _conv(in_channels, width, 7, 2, rngs=rngs)
         self.stem_bn = batch_norm(width, rngs=rngs)

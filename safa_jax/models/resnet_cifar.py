@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from safa_jax.models.heads import HEADS, KAIMING_NORMAL, build_head
+from safa_jax.models.heads import KAIMING_NORMAL, build_head
 from safa_jax.models.layers import batch_norm, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
@@ -79,10 +79,7 @@ class ResNetCifar(SplitBackbone):
         head: str = "linear",
         rngs: nnx.Rngs,
     ):
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        self._check_common_arguments(num_classes, in_channels, head)
         if width < 2 or width % 2:
             raise ValueError(
                 f"width must be a positive even number (option-A shortcuts pad planes // 4 channels "
@@ -90,8 +87,6 @@ class ResNetCifar(SplitBackbone):
             )
         if blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be at least 1, got {blocks_per_stage}")
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
         self.width = width
         self.stem_conv = _conv3x3(in_channels, width, 1, rngs=rngs)
         self.stem_bn = batch_norm(width, rngs=rngs)

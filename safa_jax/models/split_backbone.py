@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from safa_jax.models.heads import HEADS
+
 
 class SplitBackbone(nnx.Module):
     """Base class of the backbones: the stage loop and the split around a SAFA placement."""
@@ -19,6 +21,15 @@ class SplitBackbone(nnx.Module):
     def stem(self, x: jax.Array, *, train: bool) -> jax.Array:
         """The layers before stage 1."""
         raise NotImplementedError
+
+    @staticmethod
+    def _check_common_arguments(num_classes: int, in_channels: int, head: str) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1, got {in_channels}")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
 
     def _check_stage(self, stage: int) -> None:
         if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
