@@ -4,6 +4,8 @@ import os
 import platform
 import statistics
 import sys
+import time
+from collections.abc import Callable
 
 
 def machine_description() -> str:
@@ -24,3 +26,15 @@ def report(label: str, rates: list[float]) -> float:
     median = statistics.median(rates)
     print(f"{label}: {median:.1f} (repeats {', '.join(f'{r:.1f}' for r in rates)})", flush=True)
     return median
+
+
+def timed_rates(run: Callable[[int], None], *, warmup: int, repeats: int, count: int, batch_size: int) -> list[float]:
+    """images/s of each of `repeats` timings of `run(count)` (which runs `count` batches and waits for them),
+    after `run(warmup)`."""
+    run(warmup)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(count)
+        rates.append(count * batch_size / (time.perf_counter() - start))
+    return rates

@@ -12,7 +12,6 @@ import argparse
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -22,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import machine_description, report  # noqa: E402
+from bench.common import machine_description, report, timed_rates  # noqa: E402
 from bench.torch_resnet32 import ResNetCifar as TorchResNetCifar  # noqa: E402
 from safa_jax.evaluate import make_predict_fn  # noqa: E402
 from safa_jax.models import build_model  # noqa: E402
@@ -30,16 +29,6 @@ from safa_jax.state import NnxBridge  # noqa: E402
 
 NUM_CLASSES = 10
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
-
-def timed_rates(run_batches, args: argparse.Namespace) -> list[float]:
-    run_batches(1)
-    rates = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        run_batches(args.batches)
-        rates.append(args.batches * args.batch_size / (time.perf_counter() - start))
-    return rates
 
 
 def jax_rates(args: argparse.Namespace) -> list[float]:
@@ -54,7 +43,8 @@ def jax_rates(args: argparse.Namespace) -> list[float]:
             logits = predict(params, stats, images)
         jax.block_until_ready(logits)
 
-    return timed_rates(run_batches, args)
+    return timed_rates(run_batches, warmup=1, repeats=args.repeats, count=args.batches,
+                       batch_size=args.batch_size)
 
 
 def torch_rates(memory_format: torch.memory_format, args: argparse.Namespace) -> list[float]:
@@ -67,7 +57,8 @@ def torch_rates(memory_format: torch.memory_format, args: argparse.Namespace) ->
             for _ in range(count):
                 model(images)
 
-    return timed_rates(run_batches, args)
+    return timed_rates(run_batches, warmup=1, repeats=args.repeats, count=args.batches,
+                       batch_size=args.batch_size)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import argparse
 import os
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -26,7 +25,7 @@ import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import machine_description, report  # noqa: E402
+from bench.common import machine_description, report, timed_rates  # noqa: E402
 from bench.torch_resnet32 import ResNetCifar  # noqa: E402
 from bench.train_throughput import measure, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
@@ -58,13 +57,8 @@ def measure_torch(layout: str, args: argparse.Namespace) -> list[float]:
             optimizer.step()
         synchronize()
 
-    run_steps(args.warmup)
-    rates = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        run_steps(args.steps)
-        rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
-    return rates
+    return timed_rates(run_steps, warmup=args.warmup, repeats=args.repeats, count=args.steps,
+                       batch_size=args.batch_size)
 
 
 def measure_jax(args: argparse.Namespace, *, safa: bool) -> list[float]:

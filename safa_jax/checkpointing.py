@@ -11,13 +11,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-# Config sections that fix the shapes of the saved state: they must match to restore.
-SHAPE_DEFINING_FIELDS = ("model", "safa.enabled", "safa.stage", "safa.q_width", "safa.kernel_size",
-                         "data.channels")
-# Fields inside those sections that only change how the step computes, not the saved state: not compared,
-# so a run can resume or be evaluated with another setting, and checkpoints written before a field existed
-# still restore.
-COMPUTE_ONLY_FIELDS = ("model.compute_dtype",)
+# Config fields that fix the shapes of the saved state: they must match to restore. Fields that only change
+# how a step computes (model.compute_dtype) or where training started (model.init_checkpoint) are not
+# compared, so a run can resume or be evaluated with another setting.
+SHAPE_DEFINING_FIELDS = ("model.name", "model.width", "model.blocks_per_stage", "model.head", "safa.enabled",
+                         "safa.stage", "safa.q_width", "safa.kernel_size", "data.channels")
 
 
 class CheckpointMismatchError(ValueError):
@@ -81,8 +79,6 @@ def shape_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
         value = config_dict
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in COMPUTE_ONLY_FIELDS}
         fields[dotted] = value
     return fields
 

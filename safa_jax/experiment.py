@@ -23,6 +23,7 @@ from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData, load_data
 from safa_jax.models import build_model
 from safa_jax.models.safa import SafaModules, head_class_mask, resolve_num_slots
+from safa_jax.models.torch_import import init_from_pretrained
 from safa_jax.state import NnxBridge, TrainState
 
 
@@ -101,7 +102,6 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
                         head=config.model.head, rngs=rngs)
     backbone, params, stats = NnxBridge.split(model)
     if config.model.init_checkpoint:
-        from safa_jax.models.torch_import import init_from_pretrained
         params, stats, head_loaded = init_from_pretrained(config.model.init_checkpoint, params, stats,
                                                           model_name=config.model.name)
         logging.info("Backbone weights from %s (classifier %s)", config.model.init_checkpoint,

@@ -8,8 +8,8 @@ everything that accumulates over many steps stays float32:
   their gradients come back float32 to the float32 master copy, and the optimizer state (momentum)
   stays float32; a bfloat16 master copy would lose small updates (8 bits of mantissa: an update below
   1/256 of a weight rounds away);
-- BatchNorm running statistics stay float32 (Flax already computes batch statistics in float32; the
-  updated statistics are cast back to their stored dtype in any case);
+- BatchNorm running statistics stay float32: Flax computes batch statistics in float32 (its
+  `force_float32_reductions`), so the updated running averages keep their float32 dtype;
 - the logits are cast to float32 before the softmax losses, so the log-sum-exp and the loss reductions
   run in float32. SAFA's own terms are computed inside `safa_augment` from bfloat16 features (JAX's
   means accumulate in float32, the results are rounded to bfloat16) and cast to float32 before they are
@@ -69,9 +69,3 @@ class Precision:
     def to_float32(self, tree: Any) -> Any:
         """Logits, loss inputs and metrics: floating leaves cast to float32 before any loss or reduction."""
         return tree if self.is_float32 else _cast_floats(tree, jnp.float32)
-
-    def like(self, new: Any, stored: Any) -> Any:
-        """`new` (e.g. updated batch statistics) cast leaf by leaf to the dtypes of `stored`, which the state keeps."""
-        if self.is_float32:
-            return new
-        return jax.tree.map(lambda n, s: n.astype(s.dtype) if _is_float(n) else n, new, stored)

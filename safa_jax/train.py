@@ -152,7 +152,6 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
             y_all, safa_loss = y, 0.0
             logits = backbone(x, train=True)
         new_stats["backbone"] = NnxBridge.batch_stats_of(backbone)
-        new_stats = precision.like(new_stats, batch_stats)
         logits = precision.to_float32(logits)
         cls_loss = base_loss(logits, y_all, weights, epoch)
         real_logits = logits[:y.shape[0]]
