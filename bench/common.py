@@ -1,5 +1,7 @@
 """What every benchmark prints: the machine and the versions first, so a recorded figure can be placed; medians."""
 
+import concurrent.futures
+import multiprocessing
 import os
 import platform
 import statistics
@@ -38,3 +40,15 @@ def timed_rates(run: Callable[[int], None], *, warmup: int, repeats: int, count:
         run(count)
         rates.append(count * batch_size / (time.perf_counter() - start))
     return rates
+
+
+def in_own_process(function: Callable, *args):
+    """`function(*args)` run in a fresh (spawned) Python process; returns its result.
+
+    PyTorch is timed this way: its bundled OpenMP runtime and the system one that the project's oneDNN
+    convolutions use do not share a process well (timed in the JAX process after the oneDNN step, PyTorch
+    channels_last fell from about 440 to 346 images/s; docs/benchmarks.md), and users run each framework in a
+    process of its own. `function` must be importable (module level) and its arguments picklable.
+    """
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()

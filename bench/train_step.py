@@ -8,7 +8,8 @@ and augments its batch on the device (random crop + flip); the PyTorch step gets
 reference code's DataLoader hands it one, so any difference in that work counts against JAX.
 Every figure is the median of --repeats timings of --steps steps after compilation and --warmup steps.
 Device: PyTorch uses CUDA where available (with cudnn.benchmark, as the reference code), else the CPU
-with one thread per core; JAX uses its default backend.
+with one thread per core; JAX uses its default backend and `--conv_backend` (default "auto": oneDNN's
+convolutions on one CPU device). PyTorch is timed in a process of its own (bench/common.py, in_own_process).
 
 Run from the repository root:  .venv/bin/python bench/train_step.py [--safa] [--repeats 3 --steps 10]
 The last line reads `jax/torch images/s ratio: X`.
@@ -25,10 +26,11 @@ import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import machine_description, report, timed_rates  # noqa: E402
+from bench.common import in_own_process, machine_description, report, timed_rates  # noqa: E402
 from bench.torch_resnet32 import ResNetCifar  # noqa: E402
-from bench.train_throughput import measure, synthetic_cifar_lt  # noqa: E402
+from bench.train_throughput import conv_backend_in_use, measure, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
+from safa_jax.models.conv_backend import CONV_BACKENDS  # noqa: E402
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)  # CHW of the CIFAR images both frameworks train on.
@@ -41,6 +43,7 @@ def torch_device() -> str:
 
 def measure_torch(layout: str, args: argparse.Namespace) -> list[float]:
     """images/s of each repeat of the PyTorch step in `layout` (one of TORCH_LAYOUTS)."""
+    torch.set_num_threads(os.cpu_count())
     device, memory_format = torch_device(), TORCH_LAYOUTS[layout]
     torch.manual_seed(0)
     model = ResNetCifar(NUM_CLASSES, width=args.width, blocks_per_stage=args.blocks_per_stage)
@@ -68,7 +71,8 @@ def measure_jax(args: argparse.Namespace, *, safa: bool) -> list[float]:
     config.model.width = args.width
     config.model.blocks_per_stage = args.blocks_per_stage
     config.safa.enabled = safa
-    _, rates, _ = measure(config, synthetic_cifar_lt(), with_augmented=safa, repeats=args.repeats,
+    config.model.conv_backend = args.conv_backend
+    _, rates = measure(config, synthetic_cifar_lt(), with_augmented=safa, repeats=args.repeats,
                           steps=args.steps, warmup=args.warmup)
     return rates
 
@@ -82,6 +86,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="stage-1 channels (16 = ResNet-32)")
     parser.add_argument("--blocks_per_stage", type=int, default=5, help="5 = ResNet-32")
     parser.add_argument("--safa", action="store_true", help="also time the JAX step with SAFA (stage 2)")
+    parser.add_argument("--conv_backend", default="auto", choices=CONV_BACKENDS,
+                        help="config.model.conv_backend of the JAX step")
     args = parser.parse_args()
     for name in ("repeats", "steps", "warmup", "batch_size"):
         if getattr(args, name) < 1:
@@ -96,13 +102,14 @@ def main() -> None:
         torch_on = f"cpu, {torch.get_num_threads()} threads"
     print("machine:", machine_description())
     print(f"torch {torch.__version__} on {torch_on}")
+    print(f"jax convolutions: {conv_backend_in_use(args.conv_backend)} (config.model.conv_backend={args.conv_backend!r})")
     print(f"ResNet (width {args.width}, {args.blocks_per_stage} blocks per stage) train step, batch {args.batch_size}, "
           f"32x32x3 float32; median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps",
           flush=True)
 
     jax_rate = report("jax images/s", measure_jax(args, safa=False))
     safa_rate = report("jax+safa images/s", measure_jax(args, safa=True)) if args.safa else None
-    torch_rates = {layout: report(f"torch {layout} images/s", measure_torch(layout, args))
+    torch_rates = {layout: report(f"torch {layout} images/s", in_own_process(measure_torch, layout, args))
                    for layout in TORCH_LAYOUTS}
     faster_layout = max(torch_rates, key=torch_rates.get)
     torch_rate = torch_rates[faster_layout]

@@ -25,6 +25,7 @@ from safa_jax import sharding  # noqa: E402
 from safa_jax.data.longtail import longtail_class_counts  # noqa: E402
 from safa_jax.data.sources import LongTailedData  # noqa: E402
 from safa_jax.experiment import build_experiment  # noqa: E402
+from safa_jax.models.conv_backend import CONV_BACKENDS, resolve_conv_backend  # noqa: E402
 from safa_jax.train import make_input, make_train_step  # noqa: E402
 
 
@@ -43,16 +44,35 @@ def synthetic_cifar_lt(rho: float = 100.0, *, n_max: int = 5000, image_size: int
                           (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 
 
-def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, warmup: int):
-    """(median images/s, XLA FLOPs of one step) for one variant of the step."""
+def conv_backend_in_use(requested: str) -> str:
+    """What `config.model.conv_backend=requested` runs on this machine's default mesh ("xla" or "onednn")."""
+    model_config = cifar10_lt.get_config("100").model
+    model_config.conv_backend = requested
+    return resolve_conv_backend(model_config, sharding.make_mesh())
+
+
+def _compiled_step(config, data, with_augmented: bool):
+    """(step function, state, its batch arguments, the compiled step) for one variant of the step."""
     experiment, state = build_experiment(config, data=data, mesh=sharding.make_mesh())
     batch_input = make_input(experiment, start_step=0)
     step_fn = make_train_step(experiment, batch_input, with_augmented=with_augmented)
-    key = jax.random.key(0)
     args = batch_input.batch_args(0)
-    compiled = step_fn.lower(state, args, key).compile()
-    analysis = compiled.cost_analysis()
-    flops = float((analysis[0] if isinstance(analysis, list) else analysis).get("flops", float("nan")))
+    return step_fn, state, args, step_fn.lower(state, args, jax.random.key(0)).compile()
+
+
+def step_flops(config, data, *, with_augmented: bool) -> float:
+    """FLOPs of one step by XLA's cost analysis, compiled with XLA's convolutions whatever
+    `config.model.conv_backend` says: XLA cannot see inside the oneDNN custom calls and would leave them out."""
+    xla_config = config.copy_and_resolve_references()
+    xla_config.model.conv_backend = "xla"
+    analysis = _compiled_step(xla_config, data, with_augmented)[3].cost_analysis()
+    return float((analysis[0] if isinstance(analysis, list) else analysis).get("flops", float("nan")))
+
+
+def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, warmup: int):
+    """(median images/s, images/s of each repeat) of one variant of the step."""
+    step_fn, state, args, _ = _compiled_step(config, data, with_augmented)
+    key = jax.random.key(0)
     for _ in range(warmup):
         state, _ = step_fn(state, args, key)
     jax.block_until_ready(state)
@@ -63,7 +83,7 @@ def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, war
             state, out = step_fn(state, args, key)
         jax.block_until_ready((state, out))
         rates.append(steps * config.batch_size / (time.perf_counter() - start))
-    return statistics.median(rates), rates, flops
+    return statistics.median(rates), rates
 
 
 def main() -> None:
@@ -76,8 +96,10 @@ def main() -> None:
     parser.add_argument("--model", default="resnet32", choices=("resnet32", "resnet50"))
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--safa_kernel_size", type=int, default=3, help="config.safa.kernel_size: 3 or 1")
+    parser.add_argument("--conv_backend", default="auto", choices=CONV_BACKENDS, help="config.model.conv_backend")
     args = parser.parse_args()
     print("machine:", machine_description())
+    print(f"convolutions: {conv_backend_in_use(args.conv_backend)} (config.model.conv_backend={args.conv_backend!r})")
     print(f"{args.model} at {args.image_size}x{args.image_size}, batch {args.batch_size}, float32, SAFA after stage "
           f"{args.stage} with {args.safa_kernel_size}x{args.safa_kernel_size} modules; "
           f"median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps", flush=True)
@@ -96,8 +118,10 @@ def main() -> None:
         config.safa.enabled = safa
         config.safa.stage = args.stage
         config.safa.kernel_size = args.safa_kernel_size
-        rate, rates, flops = measure(config, data, with_augmented=augmented, repeats=args.repeats,
-                                     steps=args.steps, warmup=args.warmup)
+        config.model.conv_backend = args.conv_backend
+        rate, rates = measure(config, data, with_augmented=augmented, repeats=args.repeats, steps=args.steps,
+                              warmup=args.warmup)
+        flops = step_flops(config, data, with_augmented=augmented)
         results[name] = (rate, flops)
         print(f"{name:<42} {rate:8.1f} images/s (repeats {', '.join(f'{r:.1f}' for r in rates)}); "
               f"{flops / 1e9:8.2f} GFLOP/step")

@@ -47,6 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     # optimizer state and BatchNorm statistics float32 and the losses in float32 (the usual choice on TPUs
     # and H100s; safa_jax/precision.py). Checkpoints are float32 either way.
     config.model.compute_dtype = "float32"
+    # Convolution implementation: "auto" | "xla" | "onednn". "auto" takes oneDNN's CPU kernels where they can run
+    # (one CPU device, float32, the oneDNN wheels and a C++ compiler present; safa_jax/models/conv_backend.py),
+    # XLA's everywhere else. Same mathematics either way.
+    config.model.conv_backend = "auto"
 
     # --- base loss ------------------------------------------------------------------------------
     config.loss = ml_collections.ConfigDict()

@@ -22,6 +22,7 @@ from safa_jax.config_checks import validate_config
 from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData, load_data
 from safa_jax.models import build_model
+from safa_jax.models.conv_backend import resolve_conv_backend, use_conv_backend
 from safa_jax.models.safa import SafaModules, head_class_mask, resolve_num_slots
 from safa_jax.models.torch_import import init_from_pretrained
 from safa_jax.state import NnxBridge, TrainState
@@ -89,6 +90,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     """Validates the config, loads the data, builds the models and the initial (replicated) state."""
     validate_config(config)
     mesh = sharding.make_mesh() if mesh is None else mesh
+    conv_backend = resolve_conv_backend(config.model, mesh)  # Builds the oneDNN kernels, if used, before the data.
     sharding.check_batch_divisible(config.batch_size, mesh, "config.batch_size")
     data = load_training_data(config.data) if data is None else data
     config = resolve_config(config, data)
@@ -100,6 +102,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     model = build_model(config.model.name, num_classes=data.num_classes, in_channels=config.data.channels,
                         width=config.model.width, blocks_per_stage=config.model.blocks_per_stage,
                         head=config.model.head, rngs=rngs)
+    use_conv_backend(model, conv_backend)
     backbone, params, stats = NnxBridge.split(model)
     if config.model.init_checkpoint:
         params, stats, head_loaded = init_from_pretrained(config.model.init_checkpoint, params, stats,
@@ -119,6 +122,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
             config.safa.q_width = channels
         modules = SafaModules(channels, q_width=config.safa.q_width, kernel_size=config.safa.kernel_size,
                               rngs=rngs)
+        use_conv_backend(modules, conv_backend)
         safa_bridge, params["safa"], stats["safa"] = NnxBridge.split(modules)
 
     optimizer = make_optimizer(config.optim, spe)

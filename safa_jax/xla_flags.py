@@ -2,16 +2,27 @@
 
 jaxlib 0.10.x hands convolutions to YNNPACK, which is about 10x slower than XLA's Eigen path on
 the weight-gradient convolutions of a ResNet train step on CPU (../shared/PERFORMANCE_NOTES.md:
-ResNet-32 trains at about 27 images/s without the flag and about 100 with it). The flag sends
-convolutions back to Eigen and keeps YNNPACK for elementwise and reduce fusions. It is added only
-for the jaxlib series where it was measured, only if the user has not set it, and the user's own
-XLA_FLAGS are kept. Set SAFA_JAX_KEEP_XLA_FLAGS=1 to opt out.
+ResNet-32 trains at about 27 images/s without a flag and about 100 with one). The flag
+`--xla_cpu_experimental_ynn_fusion_type` names what YNNPACK keeps; which value is fastest depends on who
+runs the convolutions (docs/benchmarks.md, ResNet-32 train step on the 2-core Xeon):
+
+- XLA's own convolutions: "eltwise,reduce" (614 ms a step; "reduce" 719, "eltwise" 659);
+- oneDNN's convolutions (`config.model.conv_backend`, chosen by "auto" wherever they can be built):
+  "reduce" (266.7-308.8 images/s in two runs; "eltwise,reduce" 264.6, none 261.7).
+
+Which one applies is decided before JAX starts, so it follows whether the oneDNN convolutions can be built
+here (what "auto" picks on one CPU device), not a config. The flag is added only for the jaxlib series where
+it was measured and only if the user has not set it; the user's own XLA_FLAGS are kept.
+Set SAFA_JAX_KEEP_XLA_FLAGS=1 to opt out.
 """
 
 import importlib.metadata
 import os
 
-YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce"
+from safa_jax.kernels.onednn_build import installed_blocker
+
+YNN_FLAG_XLA_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce"
+YNN_FLAG_ONEDNN_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 MEASURED_JAXLIB_SERIES = ("0.10.",)
 
 
@@ -28,4 +39,5 @@ def apply_cpu_defaults() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_experimental_ynn_fusion_type" in flags:
         return
-    os.environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG).strip()
+    flag = YNN_FLAG_XLA_CONVOLUTIONS if installed_blocker() else YNN_FLAG_ONEDNN_CONVOLUTIONS
+    os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()

@@ -100,6 +100,22 @@ def test_torch_resnet_computes_the_flax_models_logits_and_gradients():
                                    err_msg=name)
 
 
+def test_onednn_primitive_times_sums_both_verbose_formats_after_the_marker():
+    from bench.onednn_primitive_times import START, primitive_ms
+
+    log = "\n".join([
+        "onednn_verbose,exec,cpu,convolution,brgconv:avx512_core,forward_training,src,,alg,mb2,9.0",  # warm-up
+        START,
+        "onednn_verbose,exec,cpu,convolution,brgconv:avx512_core,forward_training,src,,alg,mb2,1.5",  # oneDNN 3.2
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd,forward_training,src,,alg,mb2,2.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src,,,16x16x3x3,0.25",
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg,forward_training,src,,alg,mb2,7.0",
+        "wall ms per step: 10.0",
+    ])
+    # Two steps: (1.5 + 2.5) / 2 ms and 2 calls / 2 per step; the warm-up line and the creation line do not count.
+    assert primitive_ms(log, steps=2) == {"convolution forward_training": (2.0, 1.0), "reorder undef": (0.125, 0.5)}
+
+
 # --- metrics without clu / TensorFlow --------------------------------------------------------------------
 
 def test_json_lines_writer_records_scalars_and_hparams(tmp_path):

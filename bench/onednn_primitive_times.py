@@ -1,0 +1,122 @@
+"""Where the oneDNN time of a ResNet-32 train step goes, in JAX (conv_backend="onednn") and in PyTorch.
+
+Both frameworks run their convolutions in oneDNN on this CPU (JAX through safa_jax/kernels, PyTorch
+built in). Each framework's step runs in a child process with ONEDNN_VERBOSE=1; this script sums the
+execution times oneDNN reports per primitive kind over the timed steps and prints milliseconds per step,
+next to the step's wall time, so what is left of a gap between the two is placed: in oneDNN (which
+version, which kernel) or outside it (XLA's own fusions, PyTorch's BatchNorm and elementwise kernels).
+
+Run from the repository root:  .venv/bin/python bench/onednn_primitive_times.py [--steps 8]
+"""
+
+import argparse
+import collections
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts; the machine line shows the children's flags)
+
+START = "TIMED STEPS START"
+
+
+def run_jax_steps(steps: int) -> float:
+    """Wall ms per step of the project's ResNet-32 step with oneDNN convolutions (batch 128)."""
+    import jax
+    from bench.train_throughput import synthetic_cifar_lt
+    from configs import cifar10_lt
+    from safa_jax import sharding
+    from safa_jax.experiment import build_experiment
+    from safa_jax.train import make_input, make_train_step
+
+    config = cifar10_lt.get_config("100")
+    config.model.conv_backend = "onednn"
+    experiment, state = build_experiment(config, data=synthetic_cifar_lt(), mesh=sharding.make_mesh())
+    batch_input = make_input(experiment, start_step=0)
+    step = make_train_step(experiment, batch_input, with_augmented=False)
+    args, key = batch_input.batch_args(0), jax.random.key(0)
+    for _ in range(3):
+        state, out = step(state, args, key)
+    jax.block_until_ready((state, out))
+    print(START, flush=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, out = step(state, args, key)
+    jax.block_until_ready((state, out))
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def run_torch_steps(steps: int) -> float:
+    """Wall ms per step of the reference ResNet-32 step in channels_last (batch 128, SGD)."""
+    import torch
+    import torch.nn.functional as F
+    from bench.torch_resnet32 import ResNetCifar
+
+    torch.set_num_threads(os.cpu_count())
+    model = ResNetCifar(10, width=16, blocks_per_stage=5).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    images = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (128,))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    print(START, flush=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def primitive_ms(log: str, steps: int) -> dict[str, tuple[float, float]]:
+    """{"primitive prop_kind": (ms per step, calls per step)} from ONEDNN_VERBOSE lines after START."""
+    totals, calls = collections.Counter(), collections.Counter()
+    for line in log.split(START, 1)[1].splitlines():
+        fields = line.split(",")
+        if not line.startswith("onednn_verbose") or "exec" not in fields:
+            continue
+        at = fields.index("exec")  # oneDNN 3.2: "...,exec,cpu,..."; newer: "...,primitive,exec,cpu,..."
+        if fields[at + 1] != "cpu":
+            continue
+        kind = f"{fields[at + 2]} {fields[at + 4]}".strip()
+        totals[kind] += float(fields[-1])
+        calls[kind] += 1
+    return {kind: (totals[kind] / steps, calls[kind] / steps) for kind in sorted(totals)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        wall = {"jax": run_jax_steps, "torch": run_torch_steps}[args.child](args.steps)
+        print(f"wall ms per step: {wall:.1f}")
+        return
+
+    from bench.common import machine_description
+    print("machine:", machine_description())
+    print(f"ResNet-32 train step, batch 128, 32x32x3 float32; oneDNN primitive times (ONEDNN_VERBOSE) summed "
+          f"over {args.steps} steps after 3 warm-up steps; JAX conv_backend='onednn', PyTorch channels_last")
+    for framework in ("jax", "torch"):
+        result = subprocess.run([sys.executable, __file__, f"--child={framework}", f"--steps={args.steps}"],
+                                cwd=ROOT, env={**os.environ, "ONEDNN_VERBOSE": "1"}, capture_output=True,
+                                text=True, check=True)
+        wall = next(line for line in result.stdout.splitlines() if line.startswith("wall ms per step"))
+        table = primitive_ms(result.stdout, args.steps)
+        print(f"{framework}: {wall}; oneDNN total {sum(ms for ms, _ in table.values()):.1f} ms per step")
+        for kind, (ms, count) in table.items():
+            print(f"  {kind:<36} {ms:7.1f} ms per step ({count:.0f} calls)")
+
+
+if __name__ == "__main__":
+    main()

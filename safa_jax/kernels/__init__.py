@@ -1,0 +1,1 @@
+"""Compiled kernels that JAX calls through XLA FFI."""
