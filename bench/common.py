@@ -43,12 +43,22 @@ def timed_rates(run: Callable[[int], None], *, warmup: int, repeats: int, count:
 
 
 def in_own_process(function: Callable, *args):
-    """`function(*args)` run in a fresh (spawned) Python process; returns its result.
+    """`function(*args)` run in a fresh (spawned) Python process with glibc's malloc defaults; returns its result.
 
     PyTorch is timed this way: its bundled OpenMP runtime and the system one that the project's oneDNN
     convolutions use do not share a process well (timed in the JAX process after the oneDNN step, PyTorch
-    channels_last fell from about 440 to 346 images/s; docs/benchmarks.md), and users run each framework in a
-    process of its own. `function` must be importable (module level) and its arguments picklable.
+    channels_last fell from about 420 to 346 images/s; docs/benchmarks.md), and users run each framework in a
+    process of its own. The child imports `safa_jax` (through the bench modules) but opts out of its malloc
+    settings (safa_jax/host_memory.py), so PyTorch runs as it would anywhere else. `function` must be
+    importable (module level) and its arguments picklable.
     """
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
+    previous = os.environ.get("SAFA_JAX_KEEP_MALLOC")
+    os.environ["SAFA_JAX_KEEP_MALLOC"] = "1"  # inherited by the spawned child only while it starts
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(function, *args).result()
+    finally:
+        if previous is None:
+            del os.environ["SAFA_JAX_KEEP_MALLOC"]
+        else:
+            os.environ["SAFA_JAX_KEEP_MALLOC"] = previous

@@ -108,9 +108,11 @@ def main() -> None:
     print(f"ResNet-32 train step, batch 128, 32x32x3 float32; oneDNN primitive times (ONEDNN_VERBOSE) summed "
           f"over {args.steps} steps after 3 warm-up steps; JAX conv_backend='onednn', PyTorch channels_last")
     for framework in ("jax", "torch"):
+        env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+        if framework == "torch":
+            env["SAFA_JAX_KEEP_MALLOC"] = "1"  # PyTorch with glibc's defaults, as bench/common.py's in_own_process
         result = subprocess.run([sys.executable, __file__, f"--child={framework}", f"--steps={args.steps}"],
-                                cwd=ROOT, env={**os.environ, "ONEDNN_VERBOSE": "1"}, capture_output=True,
-                                text=True, check=True)
+                                cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         wall = next(line for line in result.stdout.splitlines() if line.startswith("wall ms per step"))
         table = primitive_ms(result.stdout, args.steps)
         print(f"{framework}: {wall}; oneDNN total {sum(ms for ms, _ in table.values()):.1f} ms per step")
