@@ -71,12 +71,13 @@ def test_uncovered_convolutions_fall_back_to_xla():
     x, w = jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 4, 4))
     for args, kwargs in [((x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)), {}),  # not float32
                          ((x, w), {"rhs_dilation": (2, 2)}),
+                         ((x, w), {"padding": ((-1, 1), (0, 0))}),  # oneDNN takes no negative padding
                          ((x, w[:, :, :2]), {"feature_group_count": 2})]:
+        kwargs = {"padding": "SAME", **kwargs}
         fn = lambda a, b: onednn_conv.conv_general_dilated(  # noqa: E731
-            a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), **kwargs)
+            a, b, (1, 1), dimension_numbers=("NHWC", "HWIO", "NHWC"), **kwargs)
         assert "safa_onednn" not in jax.jit(fn).lower(*args).as_text()
-        expected = lax.conv_general_dilated(*args, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            **kwargs)
+        expected = lax.conv_general_dilated(*args, (1, 1), dimension_numbers=("NHWC", "HWIO", "NHWC"), **kwargs)
         np.testing.assert_array_equal(fn(*args), expected)
 
 

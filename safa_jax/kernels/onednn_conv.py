@@ -84,10 +84,13 @@ def _conv_backward(strides, padding, residuals, dy):
 conv_nhwc.defvjp(_conv_forward, _conv_backward)
 
 
-def _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs) -> bool:
+def _covered(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+             kwargs) -> bool:
     unit = lambda dilation: dilation is None or all(d == 1 for d in dilation)  # noqa: E731
-    specs = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    return (lhs.ndim == 4 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and specs == _NHWC_SPECS
+    if lhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
+        return False
+    return (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC_SPECS
+            and (isinstance(padding, str) or all(low >= 0 and high >= 0 for low, high in padding))
             and unit(lhs_dilation) and unit(rhs_dilation) and feature_group_count == 1
             and kwargs.get("out_sharding") is None and kwargs.get("preferred_element_type") is None)
 
@@ -95,7 +98,7 @@ def _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_gr
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`jax.lax.conv_general_dilated`'s signature (what `flax.nnx.Conv` calls), on oneDNN where covered."""
-    if not _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs):
+    if not _covered(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, kwargs):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
     if isinstance(padding, str):
