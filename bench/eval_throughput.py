@@ -24,8 +24,8 @@ from flax import nnx  # noqa: E402
 
 from bench.common import in_own_process, machine_description, report, timed_rates  # noqa: E402
 from bench.torch_resnet32 import ResNetCifar as TorchResNetCifar  # noqa: E402
-from safa_jax.evaluate import make_predict_fn  # noqa: E402
 from bench.train_throughput import conv_backend_in_use  # noqa: E402
+from safa_jax.evaluate import make_predict_fn  # noqa: E402
 from safa_jax.models import build_model  # noqa: E402
 from safa_jax.models.conv_backend import CONV_BACKENDS, use_conv_backend  # noqa: E402
 from safa_jax.state import NnxBridge  # noqa: E402

@@ -16,6 +16,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,56 +26,40 @@ import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts; the machine li
 START = "TIMED STEPS START"
 
 
-def run_jax_steps(steps: int) -> float:
-    """Wall ms per step of the project's ResNet-32 step with oneDNN convolutions (batch 128)."""
+def timed_ms_per_step(run: Callable[[int], None], steps: int) -> float:
+    """Wall ms per step of `run(steps)` after `run(3)`; START is printed between the two."""
+    run(3)
+    print(START, flush=True)
+    start = time.perf_counter()
+    run(steps)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def jax_steps() -> Callable[[int], None]:
+    """run(count): `count` steps of the project's ResNet-32 step (batch 128) with oneDNN convolutions."""
     import jax
-    from bench.train_throughput import synthetic_cifar_lt
+    from bench.train_throughput import compiled_step, synthetic_cifar_lt
     from configs import cifar10_lt
-    from safa_jax import sharding
-    from safa_jax.experiment import build_experiment
-    from safa_jax.train import make_input, make_train_step
 
     config = cifar10_lt.get_config("100")
     config.model.conv_backend = "onednn"
-    experiment, state = build_experiment(config, data=synthetic_cifar_lt(), mesh=sharding.make_mesh())
-    batch_input = make_input(experiment, start_step=0)
-    step = make_train_step(experiment, batch_input, with_augmented=False)
-    args, key = batch_input.batch_args(0), jax.random.key(0)
-    for _ in range(3):
-        state, out = step(state, args, key)
-    jax.block_until_ready((state, out))
-    print(START, flush=True)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, out = step(state, args, key)
-    jax.block_until_ready((state, out))
-    return (time.perf_counter() - start) / steps * 1e3
+    step, state, args = compiled_step(config, synthetic_cifar_lt(), with_augmented=False)
+    key = jax.random.key(0)
+
+    def run(count: int) -> None:
+        nonlocal state
+        for _ in range(count):
+            state, out = step(state, args, key)
+        jax.block_until_ready((state, out))
+
+    return run
 
 
-def run_torch_steps(steps: int) -> float:
-    """Wall ms per step of the reference ResNet-32 step in channels_last (batch 128, SGD)."""
-    import torch
-    import torch.nn.functional as F
-    from bench.torch_resnet32 import ResNetCifar
+def torch_steps() -> Callable[[int], None]:
+    """run(count): `count` steps of the reference ResNet-32 step in channels_last (batch 128), bench/train_step.py's."""
+    from bench import train_step
 
-    torch.set_num_threads(os.cpu_count())
-    model = ResNetCifar(10, width=16, blocks_per_stage=5).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    images = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (128,))
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-
-    for _ in range(3):
-        step()
-    print(START, flush=True)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps * 1e3
+    return train_step.torch_steps("channels_last", argparse.Namespace(width=16, blocks_per_stage=5, batch_size=128))
 
 
 def primitive_ms(log: str, steps: int) -> dict[str, tuple[float, float]]:
@@ -99,7 +84,7 @@ def main() -> None:
     parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        wall = {"jax": run_jax_steps, "torch": run_torch_steps}[args.child](args.steps)
+        wall = timed_ms_per_step({"jax": jax_steps, "torch": torch_steps}[args.child](), args.steps)
         print(f"wall ms per step: {wall:.1f}")
         return
 

@@ -19,6 +19,7 @@ import argparse
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -41,8 +42,9 @@ def torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def measure_torch(layout: str, args: argparse.Namespace) -> list[float]:
-    """images/s of each repeat of the PyTorch step in `layout` (one of TORCH_LAYOUTS)."""
+def torch_steps(layout: str, args: argparse.Namespace) -> Callable[[int], None]:
+    """run(count): `count` steps of the PyTorch reference step in `layout` (one of TORCH_LAYOUTS), then a sync.
+    `args` needs width, blocks_per_stage and batch_size."""
     torch.set_num_threads(os.cpu_count())
     device, memory_format = torch_device(), TORCH_LAYOUTS[layout]
     torch.manual_seed(0)
@@ -60,7 +62,12 @@ def measure_torch(layout: str, args: argparse.Namespace) -> list[float]:
             optimizer.step()
         synchronize()
 
-    return timed_rates(run_steps, warmup=args.warmup, repeats=args.repeats, count=args.steps,
+    return run_steps
+
+
+def measure_torch(layout: str, args: argparse.Namespace) -> list[float]:
+    """images/s of each repeat of the PyTorch step in `layout` (one of TORCH_LAYOUTS)."""
+    return timed_rates(torch_steps(layout, args), warmup=args.warmup, repeats=args.repeats, count=args.steps,
                        batch_size=args.batch_size)
 
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import machine_description  # noqa: E402
@@ -46,18 +47,17 @@ def synthetic_cifar_lt(rho: float = 100.0, *, n_max: int = 5000, image_size: int
 
 def conv_backend_in_use(requested: str) -> str:
     """What `config.model.conv_backend=requested` runs on this machine's default mesh ("xla" or "onednn")."""
-    model_config = cifar10_lt.get_config("100").model
-    model_config.conv_backend = requested
+    model_config = ml_collections.ConfigDict({"conv_backend": requested, "compute_dtype": "float32"})
     return resolve_conv_backend(model_config, sharding.make_mesh())
 
 
-def _compiled_step(config, data, with_augmented: bool):
-    """(step function, state, its batch arguments, the compiled step) for one variant of the step."""
+def compiled_step(config, data, with_augmented: bool):
+    """(compiled step, initial state, its batch arguments) for one variant of the project's train step."""
     experiment, state = build_experiment(config, data=data, mesh=sharding.make_mesh())
     batch_input = make_input(experiment, start_step=0)
     step_fn = make_train_step(experiment, batch_input, with_augmented=with_augmented)
     args = batch_input.batch_args(0)
-    return step_fn, state, args, step_fn.lower(state, args, jax.random.key(0)).compile()
+    return step_fn.lower(state, args, jax.random.key(0)).compile(), state, args
 
 
 def step_flops(config, data, *, with_augmented: bool) -> float:
@@ -65,22 +65,22 @@ def step_flops(config, data, *, with_augmented: bool) -> float:
     `config.model.conv_backend` says: XLA cannot see inside the oneDNN custom calls and would leave them out."""
     xla_config = config.copy_and_resolve_references()
     xla_config.model.conv_backend = "xla"
-    analysis = _compiled_step(xla_config, data, with_augmented)[3].cost_analysis()
+    analysis = compiled_step(xla_config, data, with_augmented)[0].cost_analysis()
     return float((analysis[0] if isinstance(analysis, list) else analysis).get("flops", float("nan")))
 
 
 def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, warmup: int):
     """(median images/s, images/s of each repeat) of one variant of the step."""
-    step_fn, state, args, _ = _compiled_step(config, data, with_augmented)
+    step, state, args = compiled_step(config, data, with_augmented)
     key = jax.random.key(0)
     for _ in range(warmup):
-        state, _ = step_fn(state, args, key)
+        state, _ = step(state, args, key)
     jax.block_until_ready(state)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(steps):
-            state, out = step_fn(state, args, key)
+            state, out = step(state, args, key)
         jax.block_until_ready((state, out))
         rates.append(steps * config.batch_size / (time.perf_counter() - start))
     return statistics.median(rates), rates

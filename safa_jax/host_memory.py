@@ -29,4 +29,5 @@ def keep_freed_memory() -> bool:
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_ABOVE_BYTES))
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    applied = [mallopt(parameter, value) == 1 for parameter, value in settings]
+    return all(applied)

@@ -2,8 +2,8 @@
 //
 // Why: XLA's CPU convolutions are 1.3-5x slower than oneDNN's on the shapes of ResNet-32 (docs/benchmarks.md).
 // Layouts are JAX's: activations NHWC, kernels HWIO, both float32, dilation 1, one feature group.
-// Primitives are built once per shape and kept; weights are reordered into the layout oneDNN prefers per call
-// (they are small), activations stay NHWC, so no activation is ever copied.
+// Primitives (and their weight reorders) are built once per shape and kept; weights are reordered into the
+// layout oneDNN prefers on each call (they are small), activations stay NHWC, so no activation is ever copied.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -62,29 +62,33 @@ dnnl::primitive_attr user_scratchpad() {
   return attr;
 }
 
+memory::desc nhwc(const memory::dims& dims) { return memory::desc(dims, dt::f32, tag::nhwc); }
+// Weights in whatever layout the primitive prefers; it is read back from the primitive descriptor.
+memory::desc any_layout(const memory::dims& dims) { return memory::desc(dims, dt::f32, tag::any); }
+
 dnnl::convolution_forward::primitive_desc forward_desc(const ConvShape& s) {
   return dnnl::convolution_forward::primitive_desc(
-      cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      memory::desc(s.src, dt::f32, tag::nhwc), memory::desc(s.weights, dt::f32, tag::any),
-      memory::desc(s.dst, dt::f32, tag::nhwc), s.strides, s.padding_l, s.padding_r, user_scratchpad());
+      cpu_engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, nhwc(s.src),
+      any_layout(s.weights), nhwc(s.dst), s.strides, s.padding_l, s.padding_r, user_scratchpad());
 }
 
-// One cached primitive with the layout its weights take; `user_weights` is HWIO.
+enum Op : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+// One cached primitive, with the reorder between the HWIO weights JAX holds and the primitive's weight
+// layout: into it for the ops that read weights, out of it for the weight gradient. Both are built once.
 struct Entry {
   dnnl::primitive primitive;
-  memory::desc weights;       // the primitive's weight (or weight-gradient) layout
-  memory::desc user_weights;  // HWIO
+  memory::desc weights;  // the primitive's weight (or weight-gradient) layout
   memory::desc scratchpad;
+  bool reorder;          // the primitive's weight layout is not HWIO
+  dnnl::reorder weight_reorder;
 };
 
 std::mutex cache_mutex;
 std::map<std::vector<int64_t>, std::shared_ptr<Entry>> cache;
 
-enum Op : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
-
 std::shared_ptr<Entry> build(Op op, const ConvShape& s) {
   auto entry = std::make_shared<Entry>();
-  entry->user_weights = memory::desc(s.weights, dt::f32, tag::hwio);
   auto fwd = forward_desc(s);
   if (op == kForward) {
     entry->primitive = dnnl::convolution_forward(fwd);
@@ -92,20 +96,25 @@ std::shared_ptr<Entry> build(Op op, const ConvShape& s) {
     entry->scratchpad = fwd.scratchpad_desc();
   } else if (op == kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
-        cpu_engine(), dnnl::algorithm::convolution_direct, memory::desc(s.src, dt::f32, tag::nhwc),
-        memory::desc(s.weights, dt::f32, tag::any), memory::desc(s.dst, dt::f32, tag::nhwc), s.strides,
-        s.padding_l, s.padding_r, fwd, user_scratchpad());
+        cpu_engine(), dnnl::algorithm::convolution_direct, nhwc(s.src), any_layout(s.weights), nhwc(s.dst),
+        s.strides, s.padding_l, s.padding_r, fwd, user_scratchpad());
     entry->primitive = dnnl::convolution_backward_data(pd);
     entry->weights = pd.weights_desc();
     entry->scratchpad = pd.scratchpad_desc();
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
-        cpu_engine(), dnnl::algorithm::convolution_direct, memory::desc(s.src, dt::f32, tag::nhwc),
-        memory::desc(s.weights, dt::f32, tag::any), memory::desc(s.dst, dt::f32, tag::nhwc), s.strides,
-        s.padding_l, s.padding_r, fwd, user_scratchpad());
+        cpu_engine(), dnnl::algorithm::convolution_direct, nhwc(s.src), any_layout(s.weights), nhwc(s.dst),
+        s.strides, s.padding_l, s.padding_r, fwd, user_scratchpad());
     entry->primitive = dnnl::convolution_backward_weights(pd);
     entry->weights = pd.diff_weights_desc();
     entry->scratchpad = pd.scratchpad_desc();
+  }
+  auto hwio = memory::desc(s.weights, dt::f32, tag::hwio);
+  entry->reorder = entry->weights != hwio;
+  if (entry->reorder) {
+    bool into_primitive = op != kBackwardWeights;
+    entry->weight_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+        cpu_engine(), into_primitive ? hwio : entry->weights, cpu_engine(), into_primitive ? entry->weights : hwio));
   }
   return entry;
 }
@@ -125,29 +134,20 @@ ffi::Error run(Op op, const ConvShape& s, void* src, void* weights, void* dst) {
     auto entry = lookup(op, s);
     auto& engine = cpu_engine();
     auto& stream = thread_stream();
-    memory src_mem(memory::desc(s.src, dt::f32, tag::nhwc), engine, src);
-    memory dst_mem(memory::desc(s.dst, dt::f32, tag::nhwc), engine, dst);
-    memory user_weights(entry->user_weights, engine, weights);
-    bool reorder = entry->weights != entry->user_weights;
+    memory hwio_weights(memory::desc(s.weights, dt::f32, tag::hwio), engine, weights);
     // Uninitialised buffers: zero-filling a multi-megabyte scratchpad on every call costs measurable time.
-    std::unique_ptr<uint8_t[]> weight_buffer(new uint8_t[reorder ? entry->weights.get_size() : 0]);
-    memory op_weights = reorder ? memory(entry->weights, engine, weight_buffer.get()) : user_weights;
+    std::unique_ptr<uint8_t[]> weight_buffer(new uint8_t[entry->reorder ? entry->weights.get_size() : 0]);
+    memory op_weights = entry->reorder ? memory(entry->weights, engine, weight_buffer.get()) : hwio_weights;
     std::unique_ptr<uint8_t[]> scratch(new uint8_t[entry->scratchpad.get_size()]);
-    memory scratch_mem(entry->scratchpad, engine, scratch.get());
 
-    if (op == kForward) {
-      if (reorder) dnnl::reorder(user_weights, op_weights).execute(stream, user_weights, op_weights);
-      entry->primitive.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, op_weights},
-                                        {DNNL_ARG_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-    } else if (op == kBackwardData) {
-      if (reorder) dnnl::reorder(user_weights, op_weights).execute(stream, user_weights, op_weights);
-      entry->primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_WEIGHTS, op_weights},
-                                        {DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-    } else {
-      entry->primitive.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_WEIGHTS, op_weights},
-                                        {DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-      if (reorder) dnnl::reorder(op_weights, user_weights).execute(stream, op_weights, user_weights);
-    }
+    bool reads_weights = op != kBackwardWeights;
+    if (entry->reorder && reads_weights) entry->weight_reorder.execute(stream, hwio_weights, op_weights);
+    entry->primitive.execute(stream, {
+        {op == kBackwardData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC, memory(nhwc(s.src), engine, src)},
+        {reads_weights ? DNNL_ARG_WEIGHTS : DNNL_ARG_DIFF_WEIGHTS, op_weights},
+        {op == kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST, memory(nhwc(s.dst), engine, dst)},
+        {DNNL_ARG_SCRATCHPAD, memory(entry->scratchpad, engine, scratch.get())}});
+    if (entry->reorder && !reads_weights) entry->weight_reorder.execute(stream, op_weights, hwio_weights);
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
