@@ -1,13 +1,14 @@
 """What every benchmark prints: the machine and the versions first, so a recorded figure can be placed; medians."""
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def machine_description() -> str:
@@ -42,23 +43,33 @@ def timed_rates(run: Callable[[int], None], *, warmup: int, repeats: int, count:
     return rates
 
 
-def in_own_process(function: Callable, *args):
-    """`function(*args)` run in a fresh (spawned) Python process with glibc's malloc defaults; returns its result.
+@contextlib.contextmanager
+def own_process() -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """A one-worker pool whose fresh (spawned) Python process runs with glibc's malloc defaults; the same process
+    serves every task submitted to the pool, so what a task builds (a compiled step) stays for the next.
 
     PyTorch is timed this way: its bundled OpenMP runtime and the system one that the project's oneDNN
     convolutions use do not share a process well (timed in the JAX process after the oneDNN step, PyTorch
     channels_last fell from about 420 to 346 images/s; docs/benchmarks.md), and users run each framework in a
     process of its own. The child imports `safa_jax` (through the bench modules) but opts out of its malloc
-    settings (safa_jax/host_memory.py), so PyTorch runs as it would anywhere else. `function` must be
-    importable (module level) and its arguments picklable.
+    settings (safa_jax/host_memory.py), so PyTorch runs as it would anywhere else. Submitted functions must be
+    importable (module level) and their arguments picklable.
     """
     previous = os.environ.get("SAFA_JAX_KEEP_MALLOC")
     os.environ["SAFA_JAX_KEEP_MALLOC"] = "1"  # inherited by the spawned child only while it starts
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(function, *args).result()
+        pool.submit(int).result()  # starts the worker now, while the variable is set
     finally:
         if previous is None:
             del os.environ["SAFA_JAX_KEEP_MALLOC"]
         else:
             os.environ["SAFA_JAX_KEEP_MALLOC"] = previous
+    with pool:
+        yield pool
+
+
+def in_own_process(function: Callable, *args):
+    """`function(*args)` run in a process of its own (`own_process`); returns its result."""
+    with own_process() as pool:
+        return pool.submit(function, *args).result()

@@ -37,22 +37,12 @@ def timed_ms_per_step(run: Callable[[int], None], steps: int) -> float:
 
 def jax_steps() -> Callable[[int], None]:
     """run(count): `count` steps of the project's ResNet-32 step (batch 128) with oneDNN convolutions."""
-    import jax
-    from bench.train_throughput import compiled_step, synthetic_cifar_lt
+    from bench.train_throughput import step_runner, synthetic_cifar_lt
     from configs import cifar10_lt
 
     config = cifar10_lt.get_config("100")
     config.model.conv_backend = "onednn"
-    step, state, args = compiled_step(config, synthetic_cifar_lt(), with_augmented=False)
-    key = jax.random.key(0)
-
-    def run(count: int) -> None:
-        nonlocal state
-        for _ in range(count):
-            state, out = step(state, args, key)
-        jax.block_until_ready((state, out))
-
-    return run
+    return step_runner(config, synthetic_cifar_lt(), with_augmented=False)
 
 
 def torch_steps() -> Callable[[int], None]:

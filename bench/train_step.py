@@ -3,21 +3,27 @@
 Both frameworks train the same model (batch 128, 32x32x3, float32) with SGD (momentum 0.9, weight decay
 2e-4) on softmax cross-entropy: forward, backward and update per step. PyTorch runs in NCHW and in
 channels_last; the closing ratio is taken against the faster layout. The JAX figure is the project's real
-step (`safa_jax.train.make_train_step`, timed by bench/train_throughput.py's `measure`), which also draws
+step (`safa_jax.train.make_train_step`, run by bench/train_throughput.py's `step_runner`), which also draws
 and augments its batch on the device (random crop + flip); the PyTorch step gets a ready batch, as the
 reference code's DataLoader hands it one, so any difference in that work counts against JAX.
-Every figure is the median of --repeats timings of --steps steps after compilation and --warmup steps.
+The variants are timed in --repeats rounds, each round one timing of --steps steps of every variant in turn (after
+compilation and --warmup steps), so the minute-to-minute speed changes of a shared machine hit all variants
+alike: each images/s figure is the median over rounds, each ratio the median of the rounds' ratios.
 Device: PyTorch uses CUDA where available (with cudnn.benchmark, as the reference code), else the CPU
-with one thread per core; JAX uses its default backend and `--conv_backend` (default "auto": oneDNN's
-convolutions on one CPU device). PyTorch is timed in a process of its own (bench/common.py, in_own_process).
+with one thread per core; JAX uses its default backend, `--conv_backend` (default "auto": oneDNN's
+convolutions on one CPU device) and `--batch_norm` (default "folded", the config's default). Each PyTorch
+layout runs in a process of its own (bench/common.py, own_process), kept for all rounds.
 
-Run from the repository root:  .venv/bin/python bench/train_step.py [--safa] [--repeats 3 --steps 10]
+Run from the repository root:  .venv/bin/python bench/train_step.py [--safa] [--repeats 5 --steps 10]
 The last line reads `jax/torch images/s ratio: X`.
 """
 
 import argparse
+import contextlib
+import functools
 import os
 import pathlib
+import statistics
 import sys
 from collections.abc import Callable
 
@@ -27,10 +33,11 @@ import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import in_own_process, machine_description, report, timed_rates  # noqa: E402
+from bench.common import machine_description, own_process, report, timed_rates  # noqa: E402
 from bench.torch_resnet32 import ResNetCifar  # noqa: E402
-from bench.train_throughput import conv_backend_in_use, measure, synthetic_cifar_lt  # noqa: E402
+from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
+from safa_jax.models.batch_norm import BATCH_NORM_FORMS  # noqa: E402
 from safa_jax.models.conv_backend import CONV_BACKENDS  # noqa: E402
 
 NUM_CLASSES = 10
@@ -65,28 +72,41 @@ def torch_steps(layout: str, args: argparse.Namespace) -> Callable[[int], None]:
     return run_steps
 
 
-def measure_torch(layout: str, args: argparse.Namespace) -> list[float]:
-    """images/s of each repeat of the PyTorch step in `layout` (one of TORCH_LAYOUTS)."""
-    return timed_rates(torch_steps(layout, args), warmup=args.warmup, repeats=args.repeats, count=args.steps,
-                       batch_size=args.batch_size)
+_TORCH_RUNS: dict[str, Callable[[int], None]] = {}  # layout -> run(count), built in the process that times it
 
 
-def measure_jax(args: argparse.Namespace, *, safa: bool) -> list[float]:
-    """images/s of each repeat of the project's JAX step (CE, linear head), with SAFA's full step if `safa`."""
+def torch_repeat(layout: str, args: argparse.Namespace) -> float:
+    """images/s of one repeat (--steps steps) of the PyTorch step in `layout` (one of TORCH_LAYOUTS); the first
+    call in a process builds the step and runs --warmup steps."""
+    if layout not in _TORCH_RUNS:
+        _TORCH_RUNS[layout] = torch_steps(layout, args)
+        _TORCH_RUNS[layout](args.warmup)
+    return timed_rates(_TORCH_RUNS[layout], warmup=0, repeats=1, count=args.steps, batch_size=args.batch_size)[0]
+
+
+def jax_repeat(args: argparse.Namespace, *, safa: bool) -> Callable[[], float]:
+    """A function returning the images/s of one repeat (--steps steps) of the project's JAX step (CE, linear head;
+    SAFA's full step if `safa`), compiled and run for --warmup steps here."""
     config = cifar10_lt.get_config("100")
     config.batch_size = args.batch_size
     config.model.width = args.width
     config.model.blocks_per_stage = args.blocks_per_stage
     config.safa.enabled = safa
     config.model.conv_backend = args.conv_backend
-    _, rates = measure(config, synthetic_cifar_lt(), with_augmented=safa, repeats=args.repeats,
-                          steps=args.steps, warmup=args.warmup)
-    return rates
+    config.model.batch_norm = args.batch_norm
+    run = step_runner(config, synthetic_cifar_lt(), with_augmented=safa)
+    run(args.warmup)
+    return lambda: timed_rates(run, warmup=0, repeats=1, count=args.steps, batch_size=args.batch_size)[0]
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median over rounds of numerator / denominator, each pair timed in the same round."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds: one repeat of every variant each")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--batch_size", type=int, default=128)
@@ -95,6 +115,8 @@ def main() -> None:
     parser.add_argument("--safa", action="store_true", help="also time the JAX step with SAFA (stage 2)")
     parser.add_argument("--conv_backend", default="auto", choices=CONV_BACKENDS,
                         help="config.model.conv_backend of the JAX step")
+    parser.add_argument("--batch_norm", default="folded", choices=BATCH_NORM_FORMS,
+                        help="config.model.batch_norm of the JAX step")
     args = parser.parse_args()
     for name in ("repeats", "steps", "warmup", "batch_size"):
         if getattr(args, name) < 1:
@@ -109,23 +131,33 @@ def main() -> None:
         torch_on = f"cpu, {torch.get_num_threads()} threads"
     print("machine:", machine_description())
     print(f"torch {torch.__version__} on {torch_on}")
-    print(f"jax convolutions: {conv_backend_in_use(args.conv_backend)} (config.model.conv_backend={args.conv_backend!r})")
+    print(f"jax convolutions: {conv_backend_in_use(args.conv_backend)} (config.model.conv_backend={args.conv_backend!r}); "
+          f"config.model.batch_norm={args.batch_norm!r}")
     print(f"ResNet (width {args.width}, {args.blocks_per_stage} blocks per stage) train step, batch {args.batch_size}, "
-          f"32x32x3 float32; median of {args.repeats} repeats x {args.steps} steps after {args.warmup} warm-up steps",
+          f"32x32x3 float32; medians of {args.repeats} rounds x {args.steps} steps per variant after {args.warmup} "
+          f"warm-up steps",
           flush=True)
 
-    jax_rate = report("jax images/s", measure_jax(args, safa=False))
-    safa_rate = report("jax+safa images/s", measure_jax(args, safa=True)) if args.safa else None
-    torch_rates = {layout: report(f"torch {layout} images/s", in_own_process(measure_torch, layout, args))
-                   for layout in TORCH_LAYOUTS}
-    faster_layout = max(torch_rates, key=torch_rates.get)
-    torch_rate = torch_rates[faster_layout]
+    repeats = {"jax": jax_repeat(args, safa=False)}
+    if args.safa:
+        repeats["jax+safa"] = jax_repeat(args, safa=True)
+    with contextlib.ExitStack() as processes:
+        for layout in TORCH_LAYOUTS:
+            pool = processes.enter_context(own_process())
+            repeats[f"torch {layout}"] = functools.partial(
+                lambda pool, layout: pool.submit(torch_repeat, layout, args).result(), pool, layout)
+        rates = {name: [] for name in repeats}
+        for _ in range(args.repeats):  # one repeat of every variant per round, so load changes hit all alike
+            for name, repeat in repeats.items():
+                rates[name].append(repeat())
+    medians = {name: report(f"{name} images/s", variant_rates) for name, variant_rates in rates.items()}
+    faster_layout = max(TORCH_LAYOUTS, key=lambda layout: medians[f"torch {layout}"])
+    torch_rates = rates[f"torch {faster_layout}"]
     print(f"faster torch layout: {faster_layout}")
-    if safa_rate is not None:
-        print(f"SAFA step-time ratio (with / without): {jax_rate / safa_rate:.3f}")
-        print(f"jax+safa/torch images/s ratio: {safa_rate / torch_rate:.3f}")
-    print(f"jax/torch images/s ratio: {jax_rate / torch_rate:.3f}")
-
+    if args.safa:
+        print(f"SAFA step-time ratio (with / without): {paired_ratio(rates['jax'], rates['jax+safa']):.3f}")
+        print(f"jax+safa/torch images/s ratio: {paired_ratio(rates['jax+safa'], torch_rates):.3f}")
+    print(f"jax/torch images/s ratio: {paired_ratio(rates['jax'], torch_rates):.3f}")
 
 if __name__ == "__main__":
     main()

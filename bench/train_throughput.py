@@ -11,7 +11,7 @@ import argparse
 import pathlib
 import statistics
 import sys
-import time
+from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import machine_description  # noqa: E402
+from bench.common import machine_description, timed_rates  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
 from safa_jax import sharding  # noqa: E402
 from safa_jax.data.longtail import longtail_class_counts  # noqa: E402
@@ -69,20 +69,26 @@ def step_flops(config, data, *, with_augmented: bool) -> float:
     return float((analysis[0] if isinstance(analysis, list) else analysis).get("flops", float("nan")))
 
 
-def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, warmup: int):
-    """(median images/s, images/s of each repeat) of one variant of the step."""
+def step_runner(config, data, with_augmented: bool) -> Callable[[int], None]:
+    """run(count): `count` steps of one variant of the project's step (compiled once, its training state carried
+    from call to call), then a wait for the results."""
     step, state, args = compiled_step(config, data, with_augmented)
     key = jax.random.key(0)
-    for _ in range(warmup):
-        state, _ = step(state, args, key)
-    jax.block_until_ready(state)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
+
+    def run(count: int) -> None:
+        nonlocal state
+        out = None
+        for _ in range(count):
             state, out = step(state, args, key)
         jax.block_until_ready((state, out))
-        rates.append(steps * config.batch_size / (time.perf_counter() - start))
+
+    return run
+
+
+def measure(config, data, *, with_augmented: bool, repeats: int, steps: int, warmup: int):
+    """(median images/s, images/s of each repeat) of one variant of the step."""
+    rates = timed_rates(step_runner(config, data, with_augmented), warmup=warmup, repeats=repeats, count=steps,
+                        batch_size=config.batch_size)
     return statistics.median(rates), rates
 
 

@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (one CPU device, float32, the oneDNN wheels and a C++ compiler present; safa_jax/models/conv_backend.py),
     # XLA's everywhere else. Same mathematics either way.
     config.model.conv_backend = "auto"
+    # How BatchNorm's normalisation is written: "folded" (x * a + (bias - mean * a), as PyTorch's CPU kernel; faster)
+    # or "flax" (Flax's (x - mean) * a + bias). Same statistics and variables (safa_jax/models/batch_norm.py).
+    config.model.batch_norm = "folded"
 
     # --- base loss ------------------------------------------------------------------------------
     config.loss = ml_collections.ConfigDict()

@@ -8,6 +8,7 @@ from safa_jax.data.sources import validate_data_config
 from safa_jax.data.streaming import validate_stream_config
 from safa_jax.losses.base import validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
+from safa_jax.models.batch_norm import validate_batch_norm_form
 from safa_jax.models.conv_backend import validate_conv_backend
 from safa_jax.models.safa import SAFA_KERNEL_SIZES
 from safa_jax.models.torch_import import read_pretrained_info
@@ -45,6 +46,7 @@ def validate_config(config) -> None:
     _positive_int(config.model.blocks_per_stage, "model.blocks_per_stage")
     Precision.from_config(config.model)  # Names an unknown compute_dtype and the allowed ones.
     validate_conv_backend(config.model)
+    validate_batch_norm_form(config.model.batch_norm)
     validate_loss_config(config.loss, num_classes=None)
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
                   "checkpoint_every_steps", "keep_checkpoints"):

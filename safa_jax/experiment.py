@@ -22,6 +22,7 @@ from safa_jax.config_checks import validate_config
 from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData, load_data
 from safa_jax.models import build_model
+from safa_jax.models.batch_norm import use_batch_norm_form
 from safa_jax.models.conv_backend import resolve_conv_backend, use_conv_backend
 from safa_jax.models.safa import SafaModules, head_class_mask, resolve_num_slots
 from safa_jax.models.torch_import import init_from_pretrained
@@ -103,6 +104,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
                         width=config.model.width, blocks_per_stage=config.model.blocks_per_stage,
                         head=config.model.head, rngs=rngs)
     use_conv_backend(model, conv_backend)
+    use_batch_norm_form(model, config.model.batch_norm)
     backbone, params, stats = NnxBridge.split(model)
     if config.model.init_checkpoint:
         params, stats, head_loaded = init_from_pretrained(config.model.init_checkpoint, params, stats,
@@ -123,6 +125,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
         modules = SafaModules(channels, q_width=config.safa.q_width, kernel_size=config.safa.kernel_size,
                               rngs=rngs)
         use_conv_backend(modules, conv_backend)
+        use_batch_norm_form(modules, config.model.batch_norm)
         safa_bridge, params["safa"], stats["safa"] = NnxBridge.split(modules)
 
     optimizer = make_optimizer(config.optim, spe)

@@ -52,3 +52,21 @@ def tiny_data(counts=(20, 12, 6, 3), num_test_per_class=5, size=8, channels=3, s
         class_names=tuple(f"class{i}" for i in range(num_classes)),
         class_counts=np.asarray(counts), source_class_counts=np.asarray(counts),
         mean=(0.5,) * channels, std=(0.25,) * channels)
+
+
+def three_augmented_steps(config, mesh):
+    """Three train steps with SAFA's augmented features (keys 0, 1, 2) of `config` on `tiny_data()` from its
+    initial state: (the losses, the final state, the compiled step's StableHLO text)."""
+    import jax  # here: the data-only tests import this module without building a model
+
+    from safa_jax.experiment import build_experiment
+    from safa_jax.train import make_input, make_train_step
+
+    experiment, state = build_experiment(config, data=tiny_data(), mesh=mesh)
+    batch_input = make_input(experiment, start_step=0)
+    step = make_train_step(experiment, batch_input, with_augmented=True)
+    losses = []
+    for index in range(3):
+        state, metrics = step(state, batch_input.batch_args(index), jax.random.key(index))
+        losses.append(float(metrics["loss"]))
+    return losses, state, step.lower(state, batch_input.batch_args(0), jax.random.key(0)).as_text()

@@ -116,6 +116,16 @@ def test_onednn_primitive_times_sums_both_verbose_formats_after_the_marker():
     assert primitive_ms(log, steps=2) == {"convolution forward_training": (2.0, 1.0), "reorder undef": (0.125, 0.5)}
 
 
+def test_xla_op_times_groups_numbered_operations_and_skips_runtime_events():
+    from bench.xla_op_times import ms_per_kind
+
+    events = [("ffi_call.93", 3_000_000), ("ffi_call", 1_000_000), ("add_maximum_fusion.17", 2_000_000),
+              ("add_maximum_fusion.2", 500_000), ("ThunkExecutor::Execute", 9_000_000),
+              ("end: ffi_call", 100_000), ("$api.py:2479 block_until_ready", 9_000_000)]
+    # Two steps: ffi_call (3 + 1) / 2 ms in 2 / 2 calls; add_maximum_fusion (2 + 0.5) / 2 ms; runtime events dropped.
+    assert ms_per_kind(events, steps=2) == [("ffi_call", 2.0, 1.0), ("add_maximum_fusion", 1.25, 1.0)]
+
+
 # --- metrics without clu / TensorFlow --------------------------------------------------------------------
 
 def test_json_lines_writer_records_scalars_and_hparams(tmp_path):

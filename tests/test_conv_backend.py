@@ -7,12 +7,11 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from helpers import tiny_config, tiny_data
+from helpers import three_augmented_steps, tiny_config
 from safa_jax import sharding
 from safa_jax.experiment import build_experiment
 from safa_jax.kernels import onednn_build, onednn_conv
 from safa_jax.models.conv_backend import resolve_conv_backend, use_conv_backend
-from safa_jax.train import make_input, make_train_step
 
 BLOCKER = onednn_build.installed_blocker()
 needs_onednn = pytest.mark.skipif(BLOCKER is not None, reason=f"oneDNN convolutions cannot be built: {BLOCKER}")
@@ -86,14 +85,7 @@ def test_train_steps_match_xla():
     """Three ResNet + SAFA train steps from the same state: losses and parameters agree with XLA's convolutions."""
     def run(backend):
         config = tiny_config(model__conv_backend=backend, safa__enabled=True, safa__start_epoch=0)
-        experiment, state = build_experiment(config, data=tiny_data(), mesh=ONE_DEVICE)
-        batch_input = make_input(experiment, start_step=0)
-        step = make_train_step(experiment, batch_input, with_augmented=True)
-        losses = []
-        for index in range(3):
-            state, metrics = step(state, batch_input.batch_args(index), jax.random.key(index))
-            losses.append(float(metrics["loss"]))
-        text = step.lower(state, batch_input.batch_args(0), jax.random.key(0)).as_text()
+        losses, state, text = three_augmented_steps(config, ONE_DEVICE)
         return losses, state.params, "safa_onednn_conv_forward" in text
 
     losses_xla, params_xla, onednn_in_xla = run("xla")

@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from flax import nnx
 
+from safa_jax.models.batch_norm import BatchNorm
 
-def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> BatchNorm:
+    return BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
 def conv_no_bias(in_channels: int, out_channels: int, kernel: int, stride: int, padding, *,

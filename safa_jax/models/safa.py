@@ -19,6 +19,7 @@ from flax import nnx
 
 from safa_jax.losses import safa as safa_losses
 from safa_jax.models import safa_pairing
+from safa_jax.models.batch_norm import BatchNorm
 
 KAIMING_NORMAL = nnx.initializers.kaiming_normal()
 BATCH_NORM_MOMENTUM = 0.9  # Flax's 0.9 is PyTorch's 0.1.
@@ -35,7 +36,7 @@ class ConvBNReLU(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, rngs: nnx.Rngs):
         self.conv = nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size), padding="SAME",
                              use_bias=False, kernel_init=KAIMING_NORMAL, rngs=rngs)
-        self.norm = nnx.BatchNorm(out_channels, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
+        self.norm = BatchNorm(out_channels, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
                                   rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
