@@ -7,16 +7,16 @@ Run from the repository root:  .venv/bin/python bench/batch_norm_forms.py [--rou
 """
 
 import argparse
+import functools
 import pathlib
 import statistics
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 
-from bench.common import machine_description  # noqa: E402
+from bench.common import machine_description, paired_ratio, timed_in_rounds, timed_rate  # noqa: E402
 from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
 from safa_jax.models.batch_norm import BATCH_NORM_FORMS  # noqa: E402
@@ -33,26 +33,20 @@ def main() -> None:
     print(f"ResNet-32 train step{' with SAFA' if args.safa else ''}, batch {args.batch_size}, 32x32x3 float32, "
           f"convolutions: {conv_backend_in_use('auto')}; {args.rounds} rounds x {args.steps} steps per form, "
           f"after 2 warm-up steps", flush=True)
-    data, runners = synthetic_cifar_lt(), {}
+    data, timings = synthetic_cifar_lt(), {}
     for form in BATCH_NORM_FORMS:
         config = cifar10_lt.get_config("100")
         config.batch_size = args.batch_size
         config.safa.enabled = args.safa
         config.model.batch_norm = form
-        runners[form] = step_runner(config, data, with_augmented=args.safa)
-        runners[form](2)
-    seconds = {form: [] for form in BATCH_NORM_FORMS}
-    for _ in range(args.rounds):
-        for form in BATCH_NORM_FORMS:
-            start = time.perf_counter()
-            runners[form](args.steps)
-            seconds[form].append((time.perf_counter() - start) / args.steps)
+        run = step_runner(config, data, with_augmented=args.safa)
+        run(2)
+        timings[form] = functools.partial(timed_rate, run, count=args.steps, batch_size=args.batch_size)
+    rates = timed_in_rounds(timings, args.rounds)
     for form in BATCH_NORM_FORMS:
-        print(f"{form:<7} ms per step: median {1e3 * statistics.median(seconds[form]):.1f} "
-              f"(rounds {', '.join(f'{1e3 * s:.0f}' for s in seconds[form])})")
-    speedups = [flax / folded for flax, folded in zip(seconds["flax"], seconds["folded"])]
-    print(f"folded/flax speed-up (median of rounds): {statistics.median(speedups):.3f}")
-
+        ms = [1e3 * args.batch_size / rate for rate in rates[form]]
+        print(f"{form:<7} ms per step: median {statistics.median(ms):.1f} (rounds {', '.join(f'{m:.0f}' for m in ms)})")
+    print(f"folded/flax speed-up (median of rounds): {paired_ratio(rates['folded'], rates['flax']):.3f}")
 
 if __name__ == "__main__":
     main()

@@ -31,16 +31,32 @@ def report(label: str, rates: list[float]) -> float:
     return median
 
 
+def timed_rate(run: Callable[[int], None], *, count: int, batch_size: int) -> float:
+    """images/s of one timing of `run(count)` (which runs `count` batches and waits for them)."""
+    start = time.perf_counter()
+    run(count)
+    return count * batch_size / (time.perf_counter() - start)
+
+
 def timed_rates(run: Callable[[int], None], *, warmup: int, repeats: int, count: int, batch_size: int) -> list[float]:
-    """images/s of each of `repeats` timings of `run(count)` (which runs `count` batches and waits for them),
-    after `run(warmup)`."""
+    """images/s of each of `repeats` timings of `run(count)`, after `run(warmup)`."""
     run(warmup)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(count)
-        rates.append(count * batch_size / (time.perf_counter() - start))
-    return rates
+    return [timed_rate(run, count=count, batch_size=batch_size) for _ in range(repeats)]
+
+
+def timed_in_rounds(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """{name: one figure per round}: each round calls every variant's timing function once, in turn, so the
+    speed changes of a shared machine fall on all variants alike (compare them with `paired_ratio`)."""
+    figures = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, timing in variants.items():
+            figures[name].append(timing())
+    return figures
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median over rounds of numerator / denominator, each pair timed in the same round."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
 @contextlib.contextmanager

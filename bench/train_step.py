@@ -23,7 +23,6 @@ import contextlib
 import functools
 import os
 import pathlib
-import statistics
 import sys
 from collections.abc import Callable
 
@@ -33,7 +32,8 @@ import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import machine_description, own_process, report, timed_rates  # noqa: E402
+from bench.common import (machine_description, own_process, paired_ratio, report, timed_in_rounds,  # noqa: E402
+                          timed_rate)
 from bench.torch_resnet32 import ResNetCifar  # noqa: E402
 from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
@@ -81,7 +81,7 @@ def torch_repeat(layout: str, args: argparse.Namespace) -> float:
     if layout not in _TORCH_RUNS:
         _TORCH_RUNS[layout] = torch_steps(layout, args)
         _TORCH_RUNS[layout](args.warmup)
-    return timed_rates(_TORCH_RUNS[layout], warmup=0, repeats=1, count=args.steps, batch_size=args.batch_size)[0]
+    return timed_rate(_TORCH_RUNS[layout], count=args.steps, batch_size=args.batch_size)
 
 
 def jax_repeat(args: argparse.Namespace, *, safa: bool) -> Callable[[], float]:
@@ -96,12 +96,7 @@ def jax_repeat(args: argparse.Namespace, *, safa: bool) -> Callable[[], float]:
     config.model.batch_norm = args.batch_norm
     run = step_runner(config, synthetic_cifar_lt(), with_augmented=safa)
     run(args.warmup)
-    return lambda: timed_rates(run, warmup=0, repeats=1, count=args.steps, batch_size=args.batch_size)[0]
-
-
-def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
-    """Median over rounds of numerator / denominator, each pair timed in the same round."""
-    return statistics.median(n / d for n, d in zip(numerators, denominators))
+    return functools.partial(timed_rate, run, count=args.steps, batch_size=args.batch_size)
 
 
 def main() -> None:
@@ -146,10 +141,7 @@ def main() -> None:
             pool = processes.enter_context(own_process())
             repeats[f"torch {layout}"] = functools.partial(
                 lambda pool, layout: pool.submit(torch_repeat, layout, args).result(), pool, layout)
-        rates = {name: [] for name in repeats}
-        for _ in range(args.repeats):  # one repeat of every variant per round, so load changes hit all alike
-            for name, repeat in repeats.items():
-                rates[name].append(repeat())
+        rates = timed_in_rounds(repeats, args.repeats)
     medians = {name: report(f"{name} images/s", variant_rates) for name, variant_rates in rates.items()}
     faster_layout = max(TORCH_LAYOUTS, key=lambda layout: medians[f"torch {layout}"])
     torch_rates = rates[f"torch {faster_layout}"]
@@ -158,6 +150,7 @@ def main() -> None:
         print(f"SAFA step-time ratio (with / without): {paired_ratio(rates['jax'], rates['jax+safa']):.3f}")
         print(f"jax+safa/torch images/s ratio: {paired_ratio(rates['jax+safa'], torch_rates):.3f}")
     print(f"jax/torch images/s ratio: {paired_ratio(rates['jax'], torch_rates):.3f}")
+
 
 if __name__ == "__main__":
     main()

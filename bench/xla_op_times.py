@@ -23,7 +23,7 @@ import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
 import jax  # noqa: E402
 
 from bench.common import machine_description  # noqa: E402
-from bench.train_throughput import compiled_step, conv_backend_in_use, synthetic_cifar_lt  # noqa: E402
+from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
 from safa_jax.models.batch_norm import BATCH_NORM_FORMS  # noqa: E402
 
@@ -59,17 +59,12 @@ def main() -> None:
     print("machine:", machine_description())
     print(f"ResNet-32 train step, batch 128, 32x32x3 float32, convolutions: {conv_backend_in_use('auto')}, "
           f"config.model.batch_norm={args.batch_norm!r}; {args.steps} traced steps after 3 warm-up steps", flush=True)
-    step, state, batch = compiled_step(config, synthetic_cifar_lt(), with_augmented=False)
-    key = jax.random.key(0)
-    for _ in range(3):
-        state, out = step(state, batch, key)
-    jax.block_until_ready((state, out))
+    run = step_runner(config, synthetic_cifar_lt(), with_augmented=False)
+    run(3)
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
         start = time.perf_counter()
-        for _ in range(args.steps):
-            state, out = step(state, batch, key)
-        jax.block_until_ready((state, out))
+        run(args.steps)
         wall = (time.perf_counter() - start) / args.steps * 1e3
         jax.profiler.stop_trace()
         trace = next(pathlib.Path(trace_dir).rglob("*.xplane.pb"))

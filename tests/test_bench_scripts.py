@@ -116,6 +116,19 @@ def test_onednn_primitive_times_sums_both_verbose_formats_after_the_marker():
     assert primitive_ms(log, steps=2) == {"convolution forward_training": (2.0, 1.0), "reorder undef": (0.125, 0.5)}
 
 
+def test_rounds_call_every_variant_once_each_and_ratios_pair_rounds():
+    from bench.common import paired_ratio, timed_in_rounds
+
+    calls = []
+    figures = iter([10.0, 5.0, 30.0, 20.0, 12.0, 4.0])
+    variants = {name: (lambda name=name: calls.append(name) or next(figures)) for name in ("a", "b")}
+    rates = timed_in_rounds(variants, rounds=3)
+    assert calls == ["a", "b"] * 3
+    assert rates == {"a": [10.0, 30.0, 12.0], "b": [5.0, 20.0, 4.0]}
+    # Round ratios 2.0, 1.5, 3.0: their median, not the ratio of the medians (12 / 5 = 2.4).
+    assert paired_ratio(rates["a"], rates["b"]) == 2.0
+
+
 def test_xla_op_times_groups_numbered_operations_and_skips_runtime_events():
     from bench.xla_op_times import ms_per_kind
 

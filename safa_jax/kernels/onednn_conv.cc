@@ -72,6 +72,13 @@ dnnl::convolution_forward::primitive_desc forward_desc(const ConvShape& s) {
       any_layout(s.weights), nhwc(s.dst), s.strides, s.padding_l, s.padding_r, user_scratchpad());
 }
 
+// The input-gradient and weight-gradient descriptors take the same arguments, hinted by the forward one.
+template <typename BackwardDesc>
+BackwardDesc backward_desc(const ConvShape& s, const dnnl::convolution_forward::primitive_desc& fwd) {
+  return BackwardDesc(cpu_engine(), dnnl::algorithm::convolution_direct, nhwc(s.src), any_layout(s.weights),
+                      nhwc(s.dst), s.strides, s.padding_l, s.padding_r, fwd, user_scratchpad());
+}
+
 enum Op : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 // One cached primitive, with the reorder between the HWIO weights JAX holds and the primitive's weight
@@ -95,16 +102,12 @@ std::shared_ptr<Entry> build(Op op, const ConvShape& s) {
     entry->weights = fwd.weights_desc();
     entry->scratchpad = fwd.scratchpad_desc();
   } else if (op == kBackwardData) {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        cpu_engine(), dnnl::algorithm::convolution_direct, nhwc(s.src), any_layout(s.weights), nhwc(s.dst),
-        s.strides, s.padding_l, s.padding_r, fwd, user_scratchpad());
+    auto pd = backward_desc<dnnl::convolution_backward_data::primitive_desc>(s, fwd);
     entry->primitive = dnnl::convolution_backward_data(pd);
     entry->weights = pd.weights_desc();
     entry->scratchpad = pd.scratchpad_desc();
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        cpu_engine(), dnnl::algorithm::convolution_direct, nhwc(s.src), any_layout(s.weights), nhwc(s.dst),
-        s.strides, s.padding_l, s.padding_r, fwd, user_scratchpad());
+    auto pd = backward_desc<dnnl::convolution_backward_weights::primitive_desc>(s, fwd);
     entry->primitive = dnnl::convolution_backward_weights(pd);
     entry->weights = pd.diff_weights_desc();
     entry->scratchpad = pd.scratchpad_desc();
