@@ -4,10 +4,25 @@
 // Layouts are JAX's: activations NHWC, kernels HWIO, both float32, dilation 1, one feature group.
 // Primitives (and their weight reorders) are built once per shape and kept; weights are reordered into the
 // layout oneDNN prefers on each call (they are small), activations stay NHWC, so no activation is ever copied.
+//
+// Threads: each call splits its batch into one piece per thread of XLA's intra-op pool and runs every piece
+// on one thread (oneDNN's OpenMP parallelism is switched off in the threads that call it): the calling
+// thread and tasks scheduled on the pool take pieces until none is left. Left to OpenMP, every XLA thread
+// that calls oneDNN gets an OpenMP team of its own, whose threads share the cores with XLA's pool: on 2 cores
+// the forward convolutions ran 1.3x and the weight reorders 10x slower than alone (docs/benchmarks.md).
+#include <immintrin.h>
+#include <omp.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,6 +46,16 @@ dnnl::stream& thread_stream() {
   return stream;
 }
 
+// oneDNN (OpenMP build) reads the thread count when it builds a primitive and when it runs one: one, in every
+// thread that does either here.
+void use_one_openmp_thread() {
+  thread_local bool set = false;
+  if (!set) {
+    omp_set_num_threads(1);
+    set = true;
+  }
+}
+
 // Shapes of one convolution in oneDNN's logical (NCHW / OIHW) order.
 struct ConvShape {
   memory::dims src, weights, dst, strides, padding_l, padding_r;
@@ -42,6 +67,15 @@ struct ConvShape {
     }
     return k;
   }
+
+  ConvShape with_batch(int64_t batch) const {
+    ConvShape piece = *this;
+    piece.src[0] = piece.dst[0] = batch;
+    return piece;
+  }
+
+  int64_t src_image_size() const { return src[1] * src[2] * src[3]; }
+  int64_t dst_image_size() const { return dst[1] * dst[2] * dst[3]; }
 };
 
 // x: NHWC, w: HWIO, y: NHWC, as JAX stores them.
@@ -129,30 +163,107 @@ std::shared_ptr<Entry> lookup(Op op, const ConvShape& s) {
   return slot;
 }
 
+// Pieces 0..total-1 of one call, taken by the calling thread and by tasks on XLA's pool. The caller takes
+// pieces until none is left, then waits only for pieces another thread has already started, so the call
+// finishes even when every pool thread is busy elsewhere.
+struct Pieces {
+  std::atomic<int> next{0}, finished{0};
+  int total = 0;
+  std::function<void(int)> run_piece;
+  std::mutex error_mutex;
+  std::string error;
+
+  void take_until_none_left() {
+    use_one_openmp_thread();
+    for (int i = next.fetch_add(1); i < total; i = next.fetch_add(1)) {
+      try {
+        run_piece(i);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        error = e.what();
+      }
+      finished.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void wait_for_started() {
+    for (int spins = 0; finished.load(std::memory_order_acquire) < total; ++spins) {
+      if (spins < 4096) _mm_pause(); else sched_yield();  // yield when the cores are oversubscribed
+    }
+  }
+};
+
 // Runs `op` on the convolution's input-side NHWC buffer `src` (x, or dx for the input gradient), its
 // output-side NHWC buffer `dst` (y, or dy for both gradients) and the HWIO `weights` (w, or dw for the
-// weight gradient).
-ffi::Error run(Op op, const ConvShape& s, void* src, void* weights, void* dst) {
+// weight gradient), the batch split over XLA's pool. Forward and input gradient: each piece reads the same
+// reordered weights and writes its own images. Weight gradient: each piece writes a partial gradient, summed
+// here.
+ffi::Error run(Op op, const ConvShape& s, void* src, void* weights, void* dst, ffi::ThreadPool pool) {
   try {
-    auto entry = lookup(op, s);
+    use_one_openmp_thread();
+    int64_t batch = s.src[0];
+    int count = static_cast<int>(std::clamp<int64_t>(pool.num_threads(), 1, batch));
+    std::vector<int64_t> first(count + 1);  // piece i holds images first[i] .. first[i + 1] - 1
+    std::vector<std::shared_ptr<Entry>> entries(count);
+    for (int i = 0; i < count; ++i) {
+      first[i + 1] = batch * (i + 1) / count;
+      entries[i] = lookup(op, s.with_batch(first[i + 1] - first[i]));
+    }
+    const Entry& layout = *entries[0];  // every piece's primitive has the same weight layout
     auto& engine = cpu_engine();
-    auto& stream = thread_stream();
     memory hwio_weights(memory::desc(s.weights, dt::f32, tag::hwio), engine, weights);
-    // Uninitialised buffers: zero-filling a multi-megabyte scratchpad on every call costs measurable time.
-    std::unique_ptr<uint8_t[]> weight_buffer(new uint8_t[entry->reorder ? entry->weights.get_size() : 0]);
-    memory op_weights = entry->reorder ? memory(entry->weights, engine, weight_buffer.get()) : hwio_weights;
-    std::unique_ptr<uint8_t[]> scratch(new uint8_t[entry->scratchpad.get_size()]);
-
     bool reads_weights = op != kBackwardWeights;
-    if (entry->reorder && reads_weights) entry->weight_reorder.execute(stream, hwio_weights, op_weights);
-    entry->primitive.execute(stream, {
-        {op == kBackwardData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC, memory(nhwc(s.src), engine, src)},
-        {reads_weights ? DNNL_ARG_WEIGHTS : DNNL_ARG_DIFF_WEIGHTS, op_weights},
-        {op == kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST, memory(nhwc(s.dst), engine, dst)},
-        {DNNL_ARG_SCRATCHPAD, memory(entry->scratchpad, engine, scratch.get())}});
-    if (entry->reorder && !reads_weights) entry->weight_reorder.execute(stream, op_weights, hwio_weights);
-    stream.wait();
-  } catch (const dnnl::error& e) {
+    size_t weight_bytes = layout.weights.get_size();
+    // Uninitialised buffers: zero-filling them on every call costs measurable time.
+    size_t weight_buffers = reads_weights ? (layout.reorder ? 1 : 0) : count;
+    std::unique_ptr<uint8_t[]> weight_buffer(new uint8_t[weight_bytes * weight_buffers]);
+    auto piece_weights = [&](int i) {
+      if (reads_weights && !layout.reorder) return hwio_weights;
+      return memory(layout.weights, engine, weight_buffer.get() + (reads_weights ? 0 : weight_bytes * i));
+    };
+    if (reads_weights && layout.reorder) {
+      memory reordered = piece_weights(0);
+      layout.weight_reorder.execute(thread_stream(), hwio_weights, reordered);
+      thread_stream().wait();
+    }
+
+    auto pieces = std::make_shared<Pieces>();
+    pieces->total = count;
+    pieces->run_piece = [&](int i) {
+      const Entry& entry = *entries[i];
+      ConvShape piece = s.with_batch(first[i + 1] - first[i]);
+      std::unique_ptr<uint8_t[]> scratch(new uint8_t[entry.scratchpad.get_size()]);
+      auto& stream = thread_stream();
+      entry.primitive.execute(stream, {
+          {op == kBackwardData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC,
+           memory(nhwc(piece.src), engine, static_cast<float*>(src) + first[i] * s.src_image_size())},
+          {reads_weights ? DNNL_ARG_WEIGHTS : DNNL_ARG_DIFF_WEIGHTS, piece_weights(i)},
+          {op == kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST,
+           memory(nhwc(piece.dst), engine, static_cast<float*>(dst) + first[i] * s.dst_image_size())},
+          {DNNL_ARG_SCRATCHPAD, memory(entry.scratchpad, engine, scratch.get())}});
+      stream.wait();
+    };
+    // A task that starts after the call returned finds no piece left; it only holds `pieces` alive.
+    for (int i = 1; i < count; ++i) pool.Schedule([pieces] { pieces->take_until_none_left(); });
+    pieces->take_until_none_left();
+    pieces->wait_for_started();
+    if (!pieces->error.empty()) throw std::runtime_error(pieces->error);
+
+    if (!reads_weights) {
+      float* sum = reinterpret_cast<float*>(weight_buffer.get());
+      for (int i = 1; i < count; ++i) {
+        const float* part = reinterpret_cast<const float*>(weight_buffer.get() + weight_bytes * i);
+        for (size_t k = 0; k < weight_bytes / sizeof(float); ++k) sum[k] += part[k];
+      }
+      if (layout.reorder) {
+        memory summed = piece_weights(0);
+        layout.weight_reorder.execute(thread_stream(), summed, hwio_weights);
+        thread_stream().wait();
+      } else {
+        std::memcpy(weights, sum, weight_bytes);
+      }
+    }
+  } catch (const std::exception& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
   }
   return ffi::Error::Success();
@@ -161,29 +272,30 @@ ffi::Error run(Op op, const ConvShape& s, void* src, void* weights, void* dst) {
 using F32 = ffi::Buffer<ffi::F32>;
 using Ints = ffi::Span<const int64_t>;
 
-ffi::Error forward(F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, Ints strides, Ints padding_lo, Ints padding_hi) {
+ffi::Error forward(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, Ints strides,
+                   Ints padding_lo, Ints padding_hi) {
   auto s = make_shape(x.dimensions(), w.dimensions(), y->dimensions(), strides, padding_lo, padding_hi);
-  return run(kForward, s, x.untyped_data(), w.untyped_data(), y->untyped_data());
+  return run(kForward, s, x.untyped_data(), w.untyped_data(), y->untyped_data(), pool);
 }
 
-ffi::Error backward_data(F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, Ints strides, Ints padding_lo,
-                         Ints padding_hi) {
+ffi::Error backward_data(ffi::ThreadPool pool, F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, Ints strides,
+                         Ints padding_lo, Ints padding_hi) {
   auto s = make_shape(dx->dimensions(), w.dimensions(), dy.dimensions(), strides, padding_lo, padding_hi);
-  return run(kBackwardData, s, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
+  return run(kBackwardData, s, dx->untyped_data(), w.untyped_data(), dy.untyped_data(), pool);
 }
 
-ffi::Error backward_weights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, Ints strides, Ints padding_lo,
-                            Ints padding_hi) {
+ffi::Error backward_weights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, Ints strides,
+                            Ints padding_lo, Ints padding_hi) {
   auto s = make_shape(x.dimensions(), dw->dimensions(), dy.dimensions(), strides, padding_lo, padding_hi);
-  return run(kBackwardWeights, s, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+  return run(kBackwardWeights, s, x.untyped_data(), dw->untyped_data(), dy.untyped_data(), pool);
 }
 
 }  // namespace
 
-// All three take two float32 arguments and return one, in the order of the functions above.
-#define CONV_BINDING                                                                               \
-  ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Ints>("strides").Attr<Ints>("padding_lo") \
-      .Attr<Ints>("padding_hi")
+// All three take XLA's intra-op pool and two float32 arguments and return one, in the order of the functions above.
+#define CONV_BINDING                                                                                  \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Ints>("strides")     \
+      .Attr<Ints>("padding_lo").Attr<Ints>("padding_hi")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SafaOnednnConvForward, forward, CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SafaOnednnConvBackwardData, backward_data, CONV_BINDING);
