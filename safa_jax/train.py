@@ -6,6 +6,7 @@ the batches of an uninterrupted one. The step is compiled in two variants, befor
 features join the classification loss (their shapes differ); the host picks one per step.
 """
 
+import functools
 import json
 import logging
 import pathlib
@@ -31,6 +32,8 @@ from safa_jax.precision import Precision
 from safa_jax.state import NnxBridge, TrainState, count_params
 
 
+# fold_in data of the epoch order's key: the per-step keys fold in the step (< 2**32 - 1), never this.
+EPOCH_ORDER_STREAM = 2**32 - 1
 GUARDED_METRICS = ("loss", "grad_norm")  # a NaN gradient corrupts the parameters even while the loss looks fine.
 
 
@@ -42,6 +45,8 @@ class InMemoryInput:
     """The whole training set on the devices (replicated, uint8); each step draws and augments its batch in jit.
 
     The batch depends only on (seed, step), so a resumed run sees exactly the batches of an uninterrupted one.
+    Each epoch visits every example once in an order drawn from the seed alone (`device_pipeline.epoch_order`,
+    computed on the devices once per epoch by `batch_args`, not in every step).
     Class-balanced sampling (resample / DRS) weighs each example by 1 / (its class's count), as the
     ImbalancedDatasetSampler of the LDAM-DRW code: every class is drawn equally often.
     """
@@ -52,23 +57,34 @@ class InMemoryInput:
         host = (data.train_images, data.train_labels.astype(np.int32), probs.astype(np.float32))
         self.device_arrays = sharding.put_replicated(host, experiment.mesh)
         self.num_examples = len(data.train_labels)
+        self.steps_per_epoch = experiment.steps_per_epoch
         self.mean, self.std = data.mean, data.std
+        self._order_key = jax.random.fold_in(jax.random.key(self.config.seed), EPOCH_ORDER_STREAM)
+        self._epoch_order = jax.jit(functools.partial(device_pipeline.epoch_order, num_examples=self.num_examples),
+                                    out_shardings=sharding.replicated(experiment.mesh))
+        self._order_of_epoch: tuple[int, jax.Array] | None = None
 
     def batch_args(self, step: int):
-        """What the step needs from the host at `step`: the same device arrays every time."""
-        del step
-        return self.device_arrays
+        """What the step needs from the host at `step`: the training set and the order of `step`'s epoch."""
+        epoch = step // self.steps_per_epoch
+        if self._order_of_epoch is None or self._order_of_epoch[0] != epoch:
+            self._order_of_epoch = (epoch, self._epoch_order(self._order_key, epoch))
+        return (*self.device_arrays, self._order_of_epoch[1])
+
+    def batch_indices(self, args, key, step, epoch) -> jax.Array:
+        """Indices of this step's batch, inside jit: the epoch's order, or a class-balanced draw (resample/DRS)."""
+        _, _, balanced_probs, order = args
+        ordered = device_pipeline.epoch_batch_indices(order, step, batch_size=self.config.batch_size)
+        balanced = device_pipeline.balanced_batch_indices(key, step, sample_probs=balanced_probs,
+                                                          batch_size=self.config.batch_size)
+        return jnp.where(balanced_sampling_at(self.config.loss, epoch), balanced, ordered)
 
     def draw(self, args, key, step, epoch):
         """(normalised float images, labels) of this step's batch, inside jit."""
-        images, labels, balanced_probs = args
+        images, labels = args[:2]
         config = self.config
-        k_order, k_balanced, k_augment = jax.random.split(key, 3)
-        ordered = device_pipeline.epoch_batch_indices(k_order, step, num_examples=self.num_examples,
-                                                      batch_size=config.batch_size)
-        balanced = device_pipeline.balanced_batch_indices(k_balanced, step, sample_probs=balanced_probs,
-                                                          batch_size=config.batch_size)
-        index = jnp.where(balanced_sampling_at(config.loss, epoch), balanced, ordered)
+        k_balanced, k_augment = jax.random.split(key)
+        index = self.batch_indices(args, k_balanced, step, epoch)
         x = images[index]
         if config.data.augment:
             x = device_pipeline.augment_batch(x, k_augment, padding=config.data.crop_padding,

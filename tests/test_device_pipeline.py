@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from safa_jax.data.device_pipeline import (augment_batch, balanced_batch_indices, class_balanced_sample_probs,
-                                           crop_and_flip, epoch_batch_indices, normalize, steps_per_epoch)
+                                           crop_and_flip, epoch_batch_indices, epoch_order, normalize,
+                                           steps_per_epoch)
 
 KEY = jax.random.key(0)
 
@@ -26,8 +27,11 @@ def test_steps_per_epoch_rejects_impossible_batches(num_examples, batch_size, me
 
 
 def batches(steps, num_examples=12, batch_size=3, key=KEY) -> np.ndarray:
-    draw = jax.jit(lambda step: epoch_batch_indices(key, step, num_examples=num_examples, batch_size=batch_size))
-    return np.stack([np.asarray(draw(step)) for step in steps])
+    """Each step's indices as the train step gets them: its epoch's order (made once per epoch), then its slice."""
+    spe = steps_per_epoch(num_examples, batch_size)
+    order = jax.jit(lambda epoch: epoch_order(key, epoch, num_examples=num_examples))
+    draw = jax.jit(lambda order, step: epoch_batch_indices(order, step, batch_size=batch_size))
+    return np.stack([np.asarray(draw(order(step // spe), step)) for step in steps])
 
 
 def test_each_epoch_visits_every_example_exactly_once():
@@ -44,7 +48,7 @@ def test_remainder_examples_are_dropped_without_repeats():
 def test_batches_depend_only_on_key_and_step():
     # A resumed run starts at step 5 with the same key and must see the batches of an uninterrupted one.
     np.testing.assert_array_equal(batches([5, 6, 2]), batches(range(8))[[5, 6, 2]])
-    eager = epoch_batch_indices(KEY, 6, num_examples=12, batch_size=3)
+    eager = epoch_batch_indices(epoch_order(KEY, 1, num_examples=12), 6, batch_size=3)
     np.testing.assert_array_equal(eager, batches([6])[0])
     assert not np.array_equal(batches([5], key=jax.random.key(1)), batches([5]))
 

@@ -113,6 +113,25 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     assert results["step"] == 7
 
 
+def test_train_batches_visit_each_example_once_per_epoch():
+    """The step's batches, with the per-step keys a run uses, cover each epoch without a repeat."""
+    config = tiny_config(batch_size=8)  # 41 examples: 5 batches an epoch, 1 left out
+    experiment, _ = build_experiment(config, data=tiny_data(), mesh=sharding.make_mesh(jax.devices()[:1]))
+    batch_input = make_input(experiment, start_step=0)
+    indices = jax.jit(batch_input.batch_indices)
+    spe = experiment.steps_per_epoch
+
+    def epoch(number):
+        steps = range(number * spe, (number + 1) * spe)
+        return np.concatenate([np.asarray(indices(batch_input.batch_args(step), jax.random.key(step), step, number))
+                               for step in steps]).tolist()
+
+    first, second = epoch(0), epoch(1)
+    assert len(first) == len(set(first)) == spe * 8 == 40
+    assert len(set(second)) == 40 and second != first
+    assert epoch(0) == first  # the same order again: it depends on the seed and the epoch only
+
+
 def test_eval_counts_every_example_once_with_a_partial_last_batch():
     """23 test examples at batch 7 on 8 devices (padded to 8): each example counted exactly once."""
     import dataclasses

@@ -22,11 +22,20 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
-def epoch_batch_indices(key: jax.Array, step, *, num_examples: int, batch_size: int) -> jax.Array:
-    """Indices of batch `step`: epochs are fresh permutations (sampling without replacement)."""
-    batches_per_epoch = steps_per_epoch(num_examples, batch_size)
-    permutation = jax.random.permutation(jax.random.fold_in(key, step // batches_per_epoch), num_examples)
-    return lax.dynamic_slice(permutation, ((step % batches_per_epoch) * batch_size,), (batch_size,))
+def epoch_order(key: jax.Array, epoch, *, num_examples: int) -> jax.Array:
+    """The order in which epoch `epoch` visits the examples: a fresh permutation per epoch.
+
+    `key` must be the same for every step of a run (it is derived from the seed alone): one permutation is
+    then sliced into the epoch's batches, so every example is seen once per epoch (sampling without
+    replacement, as a shuffled PyTorch DataLoader). The host computes it once per epoch, outside the step.
+    """
+    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+
+
+def epoch_batch_indices(order: jax.Array, step, *, batch_size: int) -> jax.Array:
+    """Indices of batch `step`: its slice of the epoch's `order` (from `epoch_order`)."""
+    batches_per_epoch = steps_per_epoch(order.shape[0], batch_size)
+    return lax.dynamic_slice(order, ((step % batches_per_epoch) * batch_size,), (batch_size,))
 
 
 def balanced_batch_indices(key: jax.Array, step, *, sample_probs: jax.Array, batch_size: int) -> jax.Array:
