@@ -13,6 +13,7 @@ import argparse
 import collections
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts; the machine line shows the children's flags)
 
 START = "TIMED STEPS START"
+BATCH = 128  # configs/cifar10_lt.py's batch_size, which the JAX step uses
 
 
 def timed_ms_per_step(run: Callable[[int], None], steps: int) -> float:
@@ -49,11 +51,16 @@ def torch_steps() -> Callable[[int], None]:
     """run(count): `count` steps of the reference ResNet-32 step in channels_last (batch 128), bench/train_step.py's."""
     from bench import train_step
 
-    return train_step.torch_steps("channels_last", argparse.Namespace(width=16, blocks_per_stage=5, batch_size=128))
+    return train_step.torch_steps("channels_last", argparse.Namespace(width=16, blocks_per_stage=5, batch_size=BATCH))
 
 
-def primitive_ms(log: str, steps: int) -> dict[str, tuple[float, float]]:
-    """{"primitive prop_kind": (ms per step, calls per step)} from ONEDNN_VERBOSE lines after START."""
+def primitive_ms(log: str, steps: int, batch: int) -> dict[str, tuple[float, float]]:
+    """{"primitive prop_kind": (ms per step, calls per step)} from ONEDNN_VERBOSE lines after START.
+
+    JAX splits each convolution of a `batch`-image step into pieces that run at once on XLA's threads
+    (safa_jax/kernels/onednn_conv.cc): a piece of mb images counts mb / batch of its time and of a call, so
+    the figures are wall time per step, as PyTorch's (one primitive, all threads).
+    """
     totals, calls = collections.Counter(), collections.Counter()
     for line in log.split(START, 1)[1].splitlines():
         fields = line.split(",")
@@ -63,8 +70,10 @@ def primitive_ms(log: str, steps: int) -> dict[str, tuple[float, float]]:
         if fields[at + 1] != "cpu":
             continue
         kind = f"{fields[at + 2]} {fields[at + 4]}".strip()
-        totals[kind] += float(fields[-1])
-        calls[kind] += 1
+        images = re.match(r"mb(\d+)_", fields[-2])
+        share = int(images.group(1)) / batch if images else 1.0
+        totals[kind] += float(fields[-1]) * share
+        calls[kind] += share
     return {kind: (totals[kind] / steps, calls[kind] / steps) for kind in sorted(totals)}
 
 
@@ -80,7 +89,7 @@ def main() -> None:
 
     from bench.common import machine_description
     print("machine:", machine_description())
-    print(f"ResNet-32 train step, batch 128, 32x32x3 float32; oneDNN primitive times (ONEDNN_VERBOSE) summed "
+    print(f"ResNet-32 train step, batch {BATCH}, 32x32x3 float32; oneDNN primitive times (ONEDNN_VERBOSE) summed "
           f"over {args.steps} steps after 3 warm-up steps; JAX conv_backend='onednn', PyTorch channels_last")
     for framework in ("jax", "torch"):
         env = {**os.environ, "ONEDNN_VERBOSE": "1"}
@@ -89,7 +98,7 @@ def main() -> None:
         result = subprocess.run([sys.executable, __file__, f"--child={framework}", f"--steps={args.steps}"],
                                 cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         wall = next(line for line in result.stdout.splitlines() if line.startswith("wall ms per step"))
-        table = primitive_ms(result.stdout, args.steps)
+        table = primitive_ms(result.stdout, args.steps, batch=BATCH)
         print(f"{framework}: {wall}; oneDNN total {sum(ms for ms, _ in table.values()):.1f} ms per step")
         for kind, (ms, count) in table.items():
             print(f"  {kind:<36} {ms:7.1f} ms per step ({count:.0f} calls)")

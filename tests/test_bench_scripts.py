@@ -110,10 +110,16 @@ def test_onednn_primitive_times_sums_both_verbose_formats_after_the_marker():
         "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd,forward_training,src,,alg,mb2,2.5",
         "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src,,,16x16x3x3,0.25",
         "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,brg,forward_training,src,,alg,mb2,7.0",
+        # JAX: one call of a 2-image batch in two 1-image pieces, run at once on two threads
+        "onednn_verbose,exec,cpu,convolution,jit:avx512_core,backward_weights,src,,alg,mb1_ic3oc16,3.0",
+        "onednn_verbose,exec,cpu,convolution,jit:avx512_core,backward_weights,src,,alg,mb1_ic3oc16,1.0",
         "wall ms per step: 10.0",
     ])
-    # Two steps: (1.5 + 2.5) / 2 ms and 2 calls / 2 per step; the warm-up line and the creation line do not count.
-    assert primitive_ms(log, steps=2) == {"convolution forward_training": (2.0, 1.0), "reorder undef": (0.125, 0.5)}
+    # Two steps: (1.5 + 2.5) / 2 ms and 2 calls / 2 per step; the warm-up line and the creation line do not count;
+    # each piece counts half its time and half a call: (3.0 + 1.0) / 2 / 2 steps ms, 1 call / 2 steps.
+    assert primitive_ms(log, steps=2, batch=2) == {"convolution backward_weights": (1.0, 0.5),
+                                                   "convolution forward_training": (2.0, 1.0),
+                                                   "reorder undef": (0.125, 0.5)}
 
 
 def test_rounds_call_every_variant_once_each_and_ratios_pair_rounds():
