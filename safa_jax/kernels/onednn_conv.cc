@@ -24,6 +24,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -163,15 +164,37 @@ std::shared_ptr<Entry> lookup(Op op, const ConvShape& s) {
   return slot;
 }
 
-// Pieces 0..total-1 of one call, taken by the calling thread and by tasks on XLA's pool. The caller takes
-// pieces until none is left, then waits only for pieces another thread has already started, so the call
-// finishes even when every pool thread is busy elsewhere.
+template <typename Condition>
+void spin_until(Condition condition) {
+  for (int spins = 0; !condition(); ++spins) {
+    if (spins < 4096) _mm_pause(); else sched_yield();  // yield when the cores are oversubscribed
+  }
+}
+
+// Pieces 0..total-1 of one call, taken by the calling thread and by tasks on XLA's pool. The tasks are
+// scheduled first, so a sleeping pool thread wakes while the caller looks up the primitives and reorders the
+// weights; they wait for `open`. The caller takes pieces until none is left, then waits only for pieces
+// another thread has already started, so the call finishes even when every pool thread is busy elsewhere.
 struct Pieces {
+  std::thread::id caller = std::this_thread::get_id();
+  std::atomic<bool> opened{false};
   std::atomic<int> next{0}, finished{0};
-  int total = 0;
+  int total = 0;  // written before `opened`
   std::function<void(int)> run_piece;
   std::mutex error_mutex;
   std::string error;
+
+  void open(int count) {
+    total = count;
+    opened.store(true, std::memory_order_release);
+  }
+
+  void help() {
+    // XLA runs a task in the scheduling thread when it has no pool to give it to: the caller does every piece.
+    if (std::this_thread::get_id() == caller) return;
+    spin_until([this] { return opened.load(std::memory_order_acquire); });
+    take_until_none_left();
+  }
 
   void take_until_none_left() {
     use_one_openmp_thread();
@@ -187,10 +210,14 @@ struct Pieces {
   }
 
   void wait_for_started() {
-    for (int spins = 0; finished.load(std::memory_order_acquire) < total; ++spins) {
-      if (spins < 4096) _mm_pause(); else sched_yield();  // yield when the cores are oversubscribed
-    }
+    spin_until([this] { return finished.load(std::memory_order_acquire) >= total; });
   }
+};
+
+// Opens a call's pieces when the call leaves early (an error in the set-up): the waiting tasks find none.
+struct OpenOnExit {
+  Pieces& pieces;
+  ~OpenOnExit() { if (!pieces.opened.load()) pieces.open(0); }
 };
 
 // Runs `op` on the convolution's input-side NHWC buffer `src` (x, or dx for the input gradient), its
@@ -203,6 +230,10 @@ ffi::Error run(Op op, const ConvShape& s, void* src, void* weights, void* dst, f
     use_one_openmp_thread();
     int64_t batch = s.src[0];
     int count = static_cast<int>(std::clamp<int64_t>(pool.num_threads(), 1, batch));
+    auto pieces = std::make_shared<Pieces>();
+    OpenOnExit open_on_exit{*pieces};
+    // A task that starts after the call returned finds no piece left; it only holds `pieces` alive.
+    for (int i = 1; i < count; ++i) pool.Schedule([pieces] { pieces->help(); });
     std::vector<int64_t> first(count + 1);  // piece i holds images first[i] .. first[i + 1] - 1
     std::vector<std::shared_ptr<Entry>> entries(count);
     for (int i = 0; i < count; ++i) {
@@ -227,8 +258,6 @@ ffi::Error run(Op op, const ConvShape& s, void* src, void* weights, void* dst, f
       thread_stream().wait();
     }
 
-    auto pieces = std::make_shared<Pieces>();
-    pieces->total = count;
     pieces->run_piece = [&](int i) {
       const Entry& entry = *entries[i];
       ConvShape piece = s.with_batch(first[i + 1] - first[i]);
@@ -243,8 +272,7 @@ ffi::Error run(Op op, const ConvShape& s, void* src, void* weights, void* dst, f
           {DNNL_ARG_SCRATCHPAD, memory(entry.scratchpad, engine, scratch.get())}});
       stream.wait();
     };
-    // A task that starts after the call returned finds no piece left; it only holds `pieces` alive.
-    for (int i = 1; i < count; ++i) pool.Schedule([pieces] { pieces->take_until_none_left(); });
+    pieces->open(count);
     pieces->take_until_none_left();
     pieces->wait_for_started();
     if (!pieces->error.empty()) throw std::runtime_error(pieces->error);
