@@ -19,8 +19,10 @@ ONE_DEVICE = sharding.make_mesh(jax.devices()[:1])
 
 # (input NHWC, kernel HWIO, strides, padding): ResNet-32's 3x3 and strided convolutions, the stem's 3 input
 # channels, SAFA's "SAME" 1x1 modules, asymmetric padding that only an explicit pair list can express, and
-# ResNet-50's 7x7 stride-2 stem.
+# ResNet-50's 7x7 stride-2 stem. The handlers split the batch into one piece per thread of XLA's pool (2 on
+# a 2-core machine): batches of 1 (one piece), 2 and 3 (pieces of 1 and 2 images) are all here.
 GEOMETRIES = [
+    ((1, 6, 6, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1))),
     ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1))),
     ((3, 8, 8, 4), (3, 3, 4, 8), (2, 2), ((1, 1), (1, 1))),
     ((2, 7, 9, 5), (1, 1, 5, 6), (1, 1), "SAME"),
