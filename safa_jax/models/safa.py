@@ -18,12 +18,9 @@ import numpy as np
 from flax import nnx
 
 from safa_jax.losses import safa as safa_losses
-from safa_jax.models import safa_pairing
-from safa_jax.models.batch_norm import BatchNorm
+from safa_jax.models import layers, safa_pairing
 
 KAIMING_NORMAL = nnx.initializers.kaiming_normal()
-BATCH_NORM_MOMENTUM = 0.9  # Flax's 0.9 is PyTorch's 0.1.
-BATCH_NORM_EPSILON = 1e-5
 SAFA_KERNEL_SIZES = (3, 1)  # config.safa.kernel_size: 3x3 (the (R) default) or 1x1.
 
 
@@ -36,8 +33,7 @@ class ConvBNReLU(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, rngs: nnx.Rngs):
         self.conv = nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size), padding="SAME",
                              use_bias=False, kernel_init=KAIMING_NORMAL, rngs=rngs)
-        self.norm = BatchNorm(out_channels, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
-                                  rngs=rngs)
+        self.norm = layers.batch_norm(out_channels, rngs=rngs)  # PyTorch's BatchNorm2d settings, as the backbones'
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         """`mask` (N,) bool: in training, BatchNorm takes its statistics over these entries only."""
