@@ -149,6 +149,8 @@ def main() -> None:
     if args.safa:
         print(f"SAFA step-time ratio (with / without): {paired_ratio(rates['jax'], rates['jax+safa']):.3f}")
         print(f"jax+safa/torch images/s ratio: {paired_ratio(rates['jax+safa'], torch_rates):.3f}")
+    round_ratios = ", ".join(f"{jax_rate / torch_rate:.3f}" for jax_rate, torch_rate in zip(rates["jax"], torch_rates))
+    print(f"jax/torch images/s ratio of each round: {round_ratios}")
     print(f"jax/torch images/s ratio: {paired_ratio(rates['jax'], torch_rates):.3f}")
 
 

@@ -10,6 +10,9 @@
 // thread and tasks scheduled on the pool take pieces until none is left. Left to OpenMP, every XLA thread
 // that calls oneDNN gets an OpenMP team of its own, whose threads share the cores with XLA's pool: on 2 cores
 // the forward convolutions ran 1.3x and the weight reorders 10x slower than alone (docs/benchmarks.md).
+//
+// Also here, because it is built and loaded with them: SafaKeepInMemory, the no-op behind
+// safa_jax/kernels/keep_in_memory.py.
 #include <immintrin.h>
 #include <omp.h>
 #include <sched.h>
@@ -318,9 +321,17 @@ ffi::Error backward_weights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuff
   return run(kBackwardWeights, s, x.untyped_data(), dw->untyped_data(), dy.untyped_data(), pool);
 }
 
+// Returns its argument. XLA passes the argument's buffer as the result (input_output_aliases), so this moves
+// no data; it copies only if XLA hands it two buffers.
+ffi::Error keep_in_memory(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (x.untyped_data() != y->untyped_data()) std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
-// All three take XLA's intra-op pool and two float32 arguments and return one, in the order of the functions above.
+// The three convolution handlers take XLA's intra-op pool and two float32 arguments and return one, in the order of
+// the functions above.
 #define CONV_BINDING                                                                                  \
   ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Ints>("strides")     \
       .Attr<Ints>("padding_lo").Attr<Ints>("padding_hi")
@@ -328,3 +339,5 @@ ffi::Error backward_weights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuff
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SafaOnednnConvForward, forward, CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SafaOnednnConvBackwardData, backward_data, CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SafaOnednnConvBackwardWeights, backward_weights, CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SafaKeepInMemory, keep_in_memory,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());

@@ -28,6 +28,7 @@ _TARGETS = {  # FFI target name -> exported handler symbol in onednn_conv.cc
     "safa_onednn_conv_forward": "SafaOnednnConvForward",
     "safa_onednn_conv_backward_data": "SafaOnednnConvBackwardData",
     "safa_onednn_conv_backward_weights": "SafaOnednnConvBackwardWeights",
+    "safa_keep_in_memory": "SafaKeepInMemory",  # built into the same library: safa_jax/kernels/keep_in_memory.py
 }
 _NHWC_SPECS = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 
@@ -36,7 +37,8 @@ _registered = False
 
 
 def ensure_available() -> None:
-    """Builds (if not cached) and registers the handlers once per process; OnednnUnavailable names the reason."""
+    """Builds (if not cached) and registers the library's handlers once per process; OnednnUnavailable names the
+    reason."""
     global _registered
     with _registration_lock:
         if not _registered:

@@ -2,7 +2,9 @@
 
 - "xla": `jax.lax.conv_general_dilated`, compiled by XLA for whatever platform JAX runs on.
 - "onednn": oneDNN's convolutions through XLA FFI custom calls (safa_jax/kernels/onednn_conv.py), CPU only,
-  float32, one device. Same mathematics; outputs and gradients agree with "xla" to float rounding.
+  float32, one device. Same mathematics; outputs and gradients agree with "xla" to float rounding. With it the
+  backbones also keep each block's output in memory (safa_jax/kernels/keep_in_memory.py, a no-op custom call
+  from the same library), so XLA's CPU fusion does not recompute earlier blocks inside later ones.
 - "auto" (the default): "onednn" where it can run (a single CPU device computing in float32, the oneDNN
   wheels installed and a C++ compiler present), "xla" everywhere else. On the project's 2-core Xeon the
   ResNet-32 train step runs about 1.3-1.5x faster with "onednn" (docs/benchmarks.md).
@@ -17,6 +19,8 @@ from flax import nnx
 from jax import lax
 
 from safa_jax.kernels import onednn_conv
+from safa_jax.kernels.keep_in_memory import keep_in_memory, unchanged
+from safa_jax.models.split_backbone import SplitBackbone
 
 CONV_BACKENDS = ("auto", "xla", "onednn")
 
@@ -63,10 +67,14 @@ def resolve_conv_backend(model_config, mesh: jax.sharding.Mesh) -> str:
 
 
 def use_conv_backend(module: nnx.Module, backend: str) -> None:
-    """Points every `nnx.Conv` inside `module` at the convolution function of `backend` ("xla" or "onednn")."""
+    """Points every `nnx.Conv` inside `module` at the convolution function of `backend` ("xla" or "onednn"); with
+    "onednn" every backbone keeps its blocks' outputs in memory (`safa_jax/kernels/keep_in_memory.py`)."""
     if backend == "onednn":
         onednn_conv.ensure_available()
     function = {"xla": lax.conv_general_dilated, "onednn": onednn_conv.conv_general_dilated}[backend]
+    keep = keep_in_memory if backend == "onednn" else unchanged
     for _, node in nnx.iter_graph(module):
         if isinstance(node, nnx.Conv):
             node.conv_general_dilated = function
+        if isinstance(node, SplitBackbone):
+            node.keep_block_outputs = keep

@@ -4,12 +4,16 @@ SAFA augments the feature map inside the network, so a backbone exposes its forw
 `lower(x, s)` runs the stem and stages 1..s, `upper(F, s)` runs stages s+1..num_stages and the global
 average pooling, `classify` applies the head; `model(x)` is `classify(upper(lower(x, n), n))`.
 A subclass sets `num_stages`, `stages` (a list of block lists) and `head`, and defines `stem`.
+The stem's and every block's output pass through `keep_block_outputs`: unchanged, or with the oneDNN
+convolutions `keep_in_memory` (set by `conv_backend.use_conv_backend`), which stops XLA's CPU fusion from
+recomputing earlier blocks inside later ones.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from safa_jax.kernels.keep_in_memory import unchanged
 from safa_jax.models.heads import HEADS
 
 
@@ -17,6 +21,7 @@ class SplitBackbone(nnx.Module):
     """Base class of the backbones: the stage loop and the split around a SAFA placement."""
 
     num_stages: int
+    keep_block_outputs = staticmethod(unchanged)  # or keep_in_memory: see the module docstring
 
     def stem(self, x: jax.Array, *, train: bool) -> jax.Array:
         """The layers before stage 1."""
@@ -38,13 +43,13 @@ class SplitBackbone(nnx.Module):
     def _run_stages(self, out: jax.Array, first: int, stop: int, *, train: bool) -> jax.Array:
         for stage_index in range(first, stop):
             for block in self.stages[stage_index]:
-                out = block(out, train=train)
+                out = self.keep_block_outputs(block(out, train=train))
         return out
 
     def lower(self, x: jax.Array, stage: int, *, train: bool) -> jax.Array:
         """Stem and stages 1..stage: the feature map F on which SAFA works (NHWC)."""
         self._check_stage(stage)
-        return self._run_stages(self.stem(x, train=train), 0, stage, train=train)
+        return self._run_stages(self.keep_block_outputs(self.stem(x, train=train)), 0, stage, train=train)
 
     def upper(self, features: jax.Array, stage: int, *, train: bool) -> jax.Array:
         """The stages after `stage` on a feature map from `lower(x, stage)`, then global average pooling -> (B, C)."""
