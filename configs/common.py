@@ -103,7 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- run ------------------------------------------------------------------------------------
     config.log_every_steps = 50
-    config.checkpoint_every_steps = 1000  # also saved at every epoch end that is a multiple, and at the end.
+    config.checkpoint_every_steps = 1000  # and always at the last step.
+    config.checkpoint_every_epochs = 0  # also at the end of every N-th epoch (0 = off); long runs use 1.
     config.keep_checkpoints = 3
     config.eval_every_epochs = 10  # 0 = only at the end.
+    config.eval_every_epoch_from = -1  # also after every epoch from this (0-based) epoch on; -1 = off.
     return config

@@ -53,9 +53,12 @@ def validate_config(config) -> None:
         _positive_int(config[field], field)
     if config.num_train_steps != -1:
         _positive_int(config.num_train_steps, "num_train_steps (or -1 for no cap)")
-    if config.eval_every_epochs < 0:
-        raise ValueError(f"config.eval_every_epochs must be >= 0 (0 = only at the end), "
-                         f"got {config.eval_every_epochs}")
+    for field in ("checkpoint_every_epochs", "eval_every_epochs"):
+        if not isinstance(config[field], int) or config[field] < 0:
+            raise ValueError(f"config.{field} must be an integer >= 0 (0 = off), got {config[field]!r}")
+    if not isinstance(config.eval_every_epoch_from, int) or config.eval_every_epoch_from < -1:
+        raise ValueError("config.eval_every_epoch_from must be a (0-based) epoch >= 0, or -1 for off; "
+                         f"got {config.eval_every_epoch_from!r}")
     optim = config.optim
     if len(optim.decay_epochs) != len(optim.decay_factors):
         raise ValueError(f"config.optim.decay_epochs {tuple(optim.decay_epochs)} and "
@@ -64,6 +67,10 @@ def validate_config(config) -> None:
         raise ValueError("config.optim needs learning_rate > 0, weight_decay >= 0 and 0 <= momentum < 1; "
                          f"got {optim.learning_rate}, {optim.weight_decay}, {optim.momentum}")
     _validate_safa(config.safa)
+    if config.safa.enabled and config.safa.start_epoch >= config.num_epochs:
+        raise ValueError(f"config.safa.start_epoch={config.safa.start_epoch} is not before "
+                         f"config.num_epochs={config.num_epochs}: SAFA's augmented features would never join the "
+                         "classification loss (the baseline at SAFA's cost); allowed: start_epoch < num_epochs")
 
 
 def _validate_safa(safa) -> None:

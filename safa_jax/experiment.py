@@ -98,6 +98,10 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     spe = device_pipeline.steps_per_epoch(len(data.train_ids), config.batch_size)
     total_steps = config.num_epochs * spe
     num_train_steps = total_steps if config.num_train_steps == -1 else min(config.num_train_steps, total_steps)
+    if config.safa.enabled and num_train_steps <= config.safa.start_epoch * spe:
+        logging.warning("config.num_train_steps=%d ends the run before config.safa.start_epoch=%d (step %d): "
+                        "SAFA's augmented features will not join the classification loss in this run",
+                        num_train_steps, config.safa.start_epoch, config.safa.start_epoch * spe)
 
     rngs = nnx.Rngs(config.seed)
     model = build_model(config.model.name, num_classes=data.num_classes, in_channels=config.data.channels,

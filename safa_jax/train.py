@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from safa_jax import checkpointing, evaluate, metrics, sharding
+from safa_jax import checkpointing, epoch_log, evaluate, metrics, provenance, sharding
 from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
@@ -234,39 +234,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     spe = experiment.steps_per_epoch
     last_saved = checkpoints.latest_step()
     pending: list[dict[str, jax.Array]] = []
+    epoch_metrics: list[dict[str, jax.Array]] = []
     step = int(state.step)
-    start_time = time.time()
+    if is_main:
+        provenance.record_start(workdir, start_step=step, device=jax.devices()[0].device_kind)
+    start_time = epoch_start = time.time()
+    final = None
     while step < experiment.num_train_steps:
         epoch = step // spe
         with_augmented = experiment.safa is not None and epoch >= config.safa.start_epoch
         state, step_metrics = steps[with_augmented](state, batch_input.batch_args(step), seed_key)
         pending.append(step_metrics)
+        epoch_metrics.append(step_metrics)
         step += 1
         progress(step)
         end_of_epoch = step % spe == 0
-        if step % config.log_every_steps == 0 or step == experiment.num_train_steps:
-            summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
+        last_step = step == experiment.num_train_steps
+        if step % config.log_every_steps == 0 or last_step:
+            summary = _means(pending)
             pending = []
             _check_finite(summary, step, last_saved, checkpoints)
             writer.write_scalars(step, dict(summary, epoch=epoch))
-        if step % config.checkpoint_every_steps == 0 or step == experiment.num_train_steps:
+        if step % config.checkpoint_every_steps == 0 or last_step or (
+                end_of_epoch and _every(config.checkpoint_every_epochs, step // spe)):
             _check_finite(_latest_loss(step_metrics), step, last_saved, checkpoints)
             checkpoints.save(step, state, metadata)
             last_saved = step
-        if (config.eval_every_epochs and end_of_epoch and (step // spe) % config.eval_every_epochs == 0
-                and step != experiment.num_train_steps):
-            summary = evaluate.evaluate_state(experiment, state, predict)
-            writer.write_scalars(step, {f"test/{k}": v for k, v in summary.items()
-                                        if isinstance(v, float)})
+        if end_of_epoch or last_step:
+            train_means = _means(epoch_metrics)  # Waits for the epoch's steps: train_seconds is their wall time.
+            train_seconds = time.time() - epoch_start
+            test, eval_seconds = None, 0.0
+            if last_step or evaluate_after_epoch(config, epoch):
+                eval_start = time.time()
+                test = evaluate.evaluate_state(experiment, state, predict)
+                eval_seconds = time.time() - eval_start
+                writer.write_scalars(step, {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
+            if is_main:
+                epoch_log.append_epoch(workdir, epoch_log.epoch_row(
+                    epoch=epoch, step=step, train_seconds=train_seconds,
+                    images=len(epoch_metrics) * config.batch_size, train_means=train_means, test=test,
+                    eval_seconds=eval_seconds))
+            final = test if last_step else final
+            epoch_metrics = []
+            epoch_start = time.time()
     checkpoints.wait()
     logging.info("Training done: %d steps in %.1f s this session", step, time.time() - start_time)
-    final = evaluate.evaluate_state(experiment, state, predict)
-    writer.write_scalars(step, {f"test/{k}": v for k, v in final.items() if isinstance(v, float)})
+    if final is None:  # Nothing left to train (a finished run started again): evaluate what was restored.
+        final = evaluate.evaluate_state(experiment, state, predict)
+        writer.write_scalars(step, {f"test/{k}": v for k, v in final.items() if isinstance(v, float)})
     writer.flush()
     if is_main:
         metrics.write_summary(final, data.class_names, workdir)
+        epoch_log.mark_done(workdir, step)
     checkpoints.close()
     return final
+
+
+def evaluate_after_epoch(config: ml_collections.ConfigDict, epoch: int) -> bool:
+    """Whether the test set is evaluated after (0-based) `epoch`: every `eval_every_epochs` epochs, and after
+    every epoch from `eval_every_epoch_from` on (-1: never), so that a best-epoch figure has epochs to choose from."""
+    if _every(config.eval_every_epochs, epoch + 1):
+        return True
+    return 0 <= config.eval_every_epoch_from <= epoch
+
+
+def _every(period: int, count: int) -> bool:
+    return period > 0 and count % period == 0
+
+
+def _means(step_metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+    return {k: float(np.mean(v)) for k, v in jax.device_get(_stack(step_metrics)).items()}
 
 
 def _stack(pending: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

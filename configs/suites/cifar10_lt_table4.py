@@ -1,0 +1,38 @@
+"""SAFA's CIFAR-10-LT results at the paper's protocol: ResNet-32, 200 epochs, the LDAM-DRW recipe, seed 0.
+
+Real CIFAR-10 images from an image folder given as `--data=PATH/cifar10`. The paper's numbers are the
+SAFA supplementary's top-1 errors (%); its CE and LDAM-DRW baselines are not given at these imbalance
+factors. Order: what decides most first (the rho=200 pair LDAM-DRW / LDAM-DRW-SAFA, then CE / CE-SAFA),
+then rho=50, then the other placements.
+
+  python -m safa_jax.suite --suite=cifar10_lt_table4 --data=PATH/cifar10 --root=runs/table4
+"""
+
+from safa_jax.suite_spec import Run, data_source
+
+SUPPLEMENTARY = "SAFA supplementary, CIFAR-10-LT"
+PAPER = {  # (method, rho) -> top-1 error %
+    ("ce_safa_s2", 200): 25.11, ("ce_safa_s2", 50): 18.86,
+    ("ldam_drw_safa_s1", 200): 23.59, ("ldam_drw_safa_s1", 50): 17.81,
+    ("ldam_drw_safa_s2", 200): 22.47, ("ldam_drw_safa_s2", 50): 16.43,
+    ("ldam_drw_safa_s3", 200): 23.16, ("ldam_drw_safa_s3", 50): 17.63,
+}
+METHODS = {
+    "ldam_drw": {"loss.name": "ldam", "loss.train_rule": "drw"},
+    "ldam_drw_safa_s2": {"loss.name": "ldam", "loss.train_rule": "drw", "safa.enabled": True, "safa.stage": 2},
+    "ce": {},
+    "ce_safa_s2": {"safa.enabled": True, "safa.stage": 2},
+    "ldam_drw_safa_s1": {"loss.name": "ldam", "loss.train_rule": "drw", "safa.enabled": True, "safa.stage": 1},
+    "ldam_drw_safa_s3": {"loss.name": "ldam", "loss.train_rule": "drw", "safa.enabled": True, "safa.stage": 3},
+}
+ORDER = [("ldam_drw", 200), ("ldam_drw_safa_s2", 200), ("ce", 200), ("ce_safa_s2", 200),
+         ("ldam_drw", 50), ("ldam_drw_safa_s2", 50), ("ce", 50), ("ce_safa_s2", 50),
+         ("ldam_drw_safa_s1", 200), ("ldam_drw_safa_s3", 200), ("ldam_drw_safa_s1", 50), ("ldam_drw_safa_s3", 50)]
+
+
+def get_suite(data: str) -> list[Run]:
+    source = data_source(data)
+    return [Run(name=f"{method}_rho{rho}", config=f"configs/cifar10_lt.py:{rho}",
+                overrides={"data.source": source, "seed": 0, **METHODS[method]},
+                paper=PAPER.get((method, rho)), paper_source=SUPPLEMENTARY if (method, rho) in PAPER else "")
+            for method, rho in ORDER]

@@ -1,0 +1,57 @@
+"""Which code and machine trained a run: one JSON line per start (a resumed run adds a line), `provenance.jsonl`.
+
+Why: a long run may be stopped and resumed under newer code; its results must say every commit that
+trained it and from which step.
+"""
+
+import datetime
+import json
+import pathlib
+import platform
+import socket
+import subprocess
+
+PROVENANCE_FILE = "provenance.jsonl"
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> tuple[str, bool | None]:
+    """(commit, whether tracked files differ from it) of the checkout this package runs from; ("unknown", None)
+    outside a git checkout (an installed package)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPOSITORY), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPOSITORY), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    return commit, dirty
+
+
+def cpu_model() -> str:
+    """The CPU's model name (the speed of a run depends on it), or the platform's processor string."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def record_start(workdir: str | pathlib.Path, *, start_step: int, device: str) -> dict:
+    """Appends this start's line to the run's provenance.jsonl and returns it."""
+    commit, dirty = git_commit()
+    line = {"commit": commit, "dirty": dirty, "start_step": int(start_step),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(), "cpu": cpu_model(), "device": device}
+    with open(pathlib.Path(workdir) / PROVENANCE_FILE, "a") as out:
+        out.write(json.dumps(line) + "\n")
+    return line
+
+
+def read_provenance(workdir: str | pathlib.Path) -> list[dict]:
+    path = pathlib.Path(workdir) / PROVENANCE_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

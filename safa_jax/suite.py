@@ -1,0 +1,112 @@
+"""Runs a suite of trainings one after another, resumably: `python -m safa_jax.suite --suite=NAME --root=DIR`.
+
+Each run trains in `ROOT/<run name>` through `python -m safa_jax.main` (a child process, so every run gets
+fresh process settings); a finished run is skipped and a stopped one resumes from its checkpoint, so the
+same command, started again after any interruption, finishes the table. Also:
+
+  --list                         what would run, what is done, and an ETA from the measured images/s
+  --report [--output=FILE.md]    ROOT/results.json and a markdown table (default ROOT/results.md)
+  --export=results/NAME          copies each finished run's small files (no checkpoints) there
+
+Suites are files in configs/suites/ (safa_jax/suite_spec.py says what they hold).
+"""
+
+import datetime
+import pathlib
+import signal
+import subprocess
+import sys
+
+from absl import app, flags
+
+from safa_jax import suite_report
+from safa_jax.suite_spec import REPOSITORY, Run, available_suites, check_data, load_suite, select_runs
+
+_SUITE = flags.DEFINE_string("suite", None, f"Suite name (a file in configs/suites/): {', '.join(available_suites())}.")
+_ROOT = flags.DEFINE_string("root", None, "Folder holding one run folder per run (created if missing).")
+_DATA = flags.DEFINE_string("data", "", "Data folder the suite trains on (PATH/cifar10), where the suite needs one.")
+_ONLY = flags.DEFINE_string("only", "", "Comma-separated run names to run, list or report (default: all).")
+_LIST = flags.DEFINE_bool("list", False, "List the runs, their state and the ETA; train nothing.")
+_REPORT = flags.DEFINE_bool("report", False, "Write results.json and results.md from the run folders; train nothing.")
+_OUTPUT = flags.DEFINE_string("output", "", "With --report: the markdown file (default ROOT/results.md).")
+_EXPORT = flags.DEFINE_string("export", "", "Copy each finished run's small files into this folder; train nothing.")
+
+
+def run_command(run: Run, root: pathlib.Path) -> list[str]:
+    return [sys.executable, "-m", "safa_jax.main", f"--workdir={root / run.name}", *run.flags()]
+
+
+def train_run(run: Run, root: pathlib.Path) -> int:
+    """Trains one run to its end (or resumes it); its output goes to the console and to ROOT/<run>/train.log.
+
+    SIGTERM and SIGINT are passed on to the training process, which stops as it would alone.
+    """
+    workdir = root / run.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = run_command(run, root)
+    with open(workdir / "train.log", "a") as log:
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        log.write(f"\n# {stamp}: {' '.join(command)}\n")
+        child = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, bufsize=1)
+        forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for line in child.stdout:
+                sys.stdout.write(f"[{run.name}] {line}")
+                sys.stdout.flush()
+                log.write(line)
+                log.flush()
+            return child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def run_suite(runs: list[Run], root: pathlib.Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for index, run in enumerate(runs, 1):
+        status = suite_report.run_status(root / run.name)
+        if status.done:
+            print(f"suite: {index}/{len(runs)} {run.name}: finished, skipped", flush=True)
+            continue
+        print(f"suite: {index}/{len(runs)} {run.name}: {'resuming' if status.epochs_done else 'starting'} "
+              f"({status.epochs_done} epochs done) in {root / run.name}", flush=True)
+        code = train_run(run, root)
+        if code != 0:
+            sys.exit(f"suite: {run.name} stopped with exit code {code}; see {root / run.name / 'train.log'}. "
+                     "Start the same command again to resume.")
+    print(f"suite: all {len(runs)} runs finished in {root}; "
+          f"`python -m safa_jax.suite --suite={_SUITE.value} --root={root} --report` writes the table", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        if not _SUITE.value:
+            raise ValueError(f"--suite is required; allowed: {', '.join(available_suites())}")
+        if not _ROOT.value:
+            raise ValueError("--root is required: the folder of the suite's run folders (e.g. runs/table4)")
+        root = pathlib.Path(_ROOT.value)
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"--root={root} is a file, not a folder")
+        runs = select_runs(load_suite(_SUITE.value, _DATA.value), _ONLY.value)
+        if _LIST.value:
+            print(suite_report.listing(runs, root))
+        elif _REPORT.value:
+            output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else root / "results.md"
+            suite_report.write_report(_SUITE.value, runs, root, output)
+            print(f"wrote {root / suite_report.RESULTS_JSON} and {output}")
+        elif _EXPORT.value:
+            copied = suite_report.export(runs, root, pathlib.Path(_EXPORT.value))
+            print(f"exported {len(copied)} finished runs to {_EXPORT.value}: {', '.join(copied) or 'none'}")
+        else:
+            check_data(runs)
+            run_suite(runs, root)
+    except ValueError as error:
+        sys.exit(f"safa_jax.suite: error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)

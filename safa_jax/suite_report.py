@@ -1,0 +1,173 @@
+"""A suite's state and results, read from its run folders: the listing, results.json/results.md, the export.
+
+Everything here reads the small files a run writes (config.json, split.json, epochs.csv, eval_results.json,
+provenance.jsonl, training_done.json), so a report regenerates from exported copies without checkpoints.
+"""
+
+import dataclasses
+import datetime
+import json
+import pathlib
+import shutil
+import statistics
+from typing import Any
+
+from safa_jax.epoch_log import EPOCHS_FILE, TRAINING_DONE_FILE, read_epochs
+from safa_jax.provenance import PROVENANCE_FILE, read_provenance
+from safa_jax.suite_spec import Run
+
+RESULTS_JSON = "results.json"
+SMALL_FILES = ("config.json", "split.json", "eval_results.json", "eval_results.txt", EPOCHS_FILE,
+               PROVENANCE_FILE, TRAINING_DONE_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    done: bool
+    epochs_done: int
+    num_epochs: int | None  # None before the run has written its config.
+    images_per_sec: float | None  # median over its epochs (compiles and evaluations excluded).
+    num_train: int | None
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_status(workdir: pathlib.Path) -> RunStatus:
+    config = _read_json(workdir / "config.json")
+    split = _read_json(workdir / "split.json")
+    rows = read_epochs(workdir)
+    rates = [r["train_images_per_sec"] for r in rows if r.get("train_images_per_sec")]
+    return RunStatus(done=(workdir / TRAINING_DONE_FILE).exists(),
+                     epochs_done=int(rows[-1]["epoch"]) + 1 if rows else 0,
+                     num_epochs=None if config is None else int(config["num_epochs"]),
+                     images_per_sec=statistics.median(rates) if rates else None,
+                     num_train=None if split is None else int(split["num_train"]))
+
+
+def _is_safa(run: Run) -> bool:
+    return bool(run.overrides.get("safa.enabled", False))
+
+
+def _hours(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def listing(runs: list[Run], root: pathlib.Path) -> str:
+    """One line per run: state, measured images/s, time left. A run not started yet is estimated from a started
+    run with the same config file and SAFA on/off (its speed and training-set size)."""
+    statuses = {run.name: run_status(root / run.name) for run in runs}
+    lines = [f"{'run':<28}{'state':<22}{'images/s':>10}{'time left':>14}"]
+    total_left = 0.0
+    unknown = 0
+    for run in runs:
+        status = statuses[run.name]
+        rate, num_train = status.images_per_sec, status.num_train
+        if rate is None or num_train is None:
+            like = [statuses[o.name] for o in runs if o.config == run.config and _is_safa(o) == _is_safa(run)
+                    and statuses[o.name].images_per_sec and statuses[o.name].num_train]
+            rate, num_train = (like[0].images_per_sec, like[0].num_train) if like else (None, None)
+        num_epochs = status.num_epochs or int(run.build_config().num_epochs)
+        if status.done:
+            state, left = "finished", 0.0
+        else:
+            state = f"{status.epochs_done}/{num_epochs} epochs" if status.epochs_done else "not started"
+            left = None if rate is None else (num_epochs - status.epochs_done) * num_train / rate
+        if left is None:
+            unknown += 1
+        else:
+            total_left += left
+        lines.append(f"{run.name:<28}{state:<22}{'' if rate is None else f'{rate:.1f}':>10}"
+                     f"{'unknown' if left is None else _hours(left):>14}")
+    lines.append(f"total time left {_hours(total_left)}" + (f" + {unknown} runs without an estimate" if unknown else ""))
+    return "\n".join(lines)
+
+
+def run_result(run: Run, workdir: pathlib.Path) -> dict[str, Any]:
+    """What the report says of one run (None where not known yet)."""
+    status = run_status(workdir)
+    rows = read_epochs(workdir)
+    final = _read_json(workdir / "eval_results.json") if status.done else None
+    evaluated = [r for r in rows if r.get("test_top1_error") is not None]
+    best = min(evaluated, key=lambda r: r["test_top1_error"]) if evaluated else None
+    commits = [{"commit": p["commit"], "dirty": p["dirty"], "start_step": p["start_step"], "cpu": p["cpu"]}
+               for p in read_provenance(workdir)]
+    return {
+        "name": run.name, "config": run.config, "overrides": run.overrides,
+        "paper_top1_error": run.paper, "paper_source": run.paper_source,
+        "finished": status.done, "epochs_done": status.epochs_done, "num_epochs": status.num_epochs,
+        "top1_error": None if final is None else final["top1_error"],
+        "many_shot_accuracy": None if final is None else final["many_shot_accuracy"],
+        "medium_shot_accuracy": None if final is None else final["medium_shot_accuracy"],
+        "few_shot_accuracy": None if final is None else final["few_shot_accuracy"],
+        "best_test_top1_error": None if best is None else best["test_top1_error"],
+        "best_epoch": None if best is None else int(best["epoch"]),
+        "num_evaluations": len(evaluated),
+        "latest_test_top1_error": evaluated[-1]["test_top1_error"] if evaluated else None,
+        "train_hours": sum(r["train_seconds"] for r in rows) / 3600.0,
+        "eval_hours": sum(r["eval_seconds"] or 0.0 for r in rows) / 3600.0,
+        "images_per_sec": status.images_per_sec,
+        "trained_by": commits,
+    }
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(suite: str, results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"### Suite `{suite}`", "",
+        "Top-1 error % on the full test set. *final*: the model after the last epoch (our primary number). "
+        "*best (test-selected)*: the lowest test error over the evaluated epochs, what the LDAM-DRW code prints "
+        "as `best_acc1`: it selects on the test set, so it is optimistic. many / medium / few: final accuracy % "
+        "on classes with > 100, 20-100, < 20 training images. A run still training shows its epochs and its "
+        "latest evaluated error instead.", "",
+        "| run | paper | final | best (test-selected), epoch | many | medium | few | epochs | hours (train + eval) "
+        "| images/s | trained by (commit @ start step) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["finished"]:
+            final = f"**{_fmt(r['top1_error'])}**"
+        elif r["epochs_done"]:
+            final = f"(running; latest {_fmt(r['latest_test_top1_error'])})"
+        else:
+            final = "(not run)"
+        best = "" if r["best_test_top1_error"] is None else f"{_fmt(r['best_test_top1_error'])}, {r['best_epoch']}"
+        commits = ", ".join(f"{c['commit'][:7]}{'+' if c['dirty'] else ''} @ {c['start_step']}" for c in r["trained_by"])
+        epochs = f"{r['epochs_done']}/{r['num_epochs']}" if r["num_epochs"] else ""
+        hours = f"{r['train_hours']:.2f} + {r['eval_hours']:.2f}" if r["epochs_done"] else ""
+        lines.append(f"| {r['name']} | {_fmt(r['paper_top1_error'])} | {final} | {best} | "
+                     f"{_fmt(r['many_shot_accuracy'])} | {_fmt(r['medium_shot_accuracy'])} | "
+                     f"{_fmt(r['few_shot_accuracy'])} | {epochs} | {hours} | {_fmt(r['images_per_sec'], 1)} | {commits} |")
+    cpus = sorted({c["cpu"] for r in results for c in r["trained_by"]})
+    lines += ["", f"Machines: {'; '.join(cpus) or 'none yet'}. A `+` after a commit: the working tree had "
+              "uncommitted changes to tracked files when that start began."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(suite: str, runs: list[Run], root: pathlib.Path, output: pathlib.Path) -> list[dict[str, Any]]:
+    results = [run_result(run, root / run.name) for run in runs]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / RESULTS_JSON).write_text(json.dumps({"suite": suite, "runs": results}, indent=2))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(markdown(suite, results))
+    return results
+
+
+def export(runs: list[Run], root: pathlib.Path, destination: pathlib.Path) -> list[str]:
+    """Copies the small files of each finished run to `destination/<run>`; returns the names copied."""
+    copied = []
+    for run in runs:
+        source = root / run.name
+        if not run_status(source).done:
+            continue
+        target = destination / run.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SMALL_FILES:
+            if (source / name).exists():
+                shutil.copy2(source / name, target / name)
+        copied.append(run.name)
+    return copied

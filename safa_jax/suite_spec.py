@@ -1,0 +1,110 @@
+"""What a suite is: a named list of runs (config file + argument + overrides), defined in configs/suites/NAME.py.
+
+A suite file defines `get_suite(data: str) -> list[Run]`; `data` is the `--data` folder the user gave (or ""),
+so nothing in the repository names a path outside it. Runs are plain data: the suite runner turns each into
+one `python -m safa_jax.main` command, so a suite run trains exactly as that command would.
+"""
+
+import dataclasses
+import importlib
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+SUITES_DIR = REPOSITORY / "configs" / "suites"
+FOLDER_PREFIX = "folder:"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of a suite.
+
+    name: its folder under the suite root. config: `configs/FILE.py[:ARG]`, relative to the repository.
+    overrides: config fields as `{"loss.name": "ldam"}`. paper: the published top-1 error (%) this run
+    reproduces, with `paper_source` naming the table; None where the paper has no number.
+    """
+
+    name: str
+    config: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    paper: float | None = None
+    paper_source: str = ""
+
+    def flags(self) -> list[str]:
+        """The run's `--config...` flags of `python -m safa_jax.main`."""
+        return [f"--config={self.config}"] + [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()]
+
+    def build_config(self) -> ml_collections.ConfigDict:
+        """The run's config as `python -m safa_jax.main` would build it (no JAX needed): for listings."""
+        path, _, arg = self.config.partition(":")
+        module = importlib.import_module(".".join(pathlib.Path(path).with_suffix("").parts))
+        config = module.get_config(arg or None)
+        for dotted, value in self.overrides.items():
+            node = config
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = tuple(value) if isinstance(value, list) else value
+        return config
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_suite(name: str, data: str) -> list[Run]:
+    """The runs of suite `name`; an unknown name or a suite with repeated run names is one clear error."""
+    if name not in available_suites():
+        raise ValueError(f"unknown suite {name!r}; allowed: {', '.join(available_suites())} "
+                         f"(files in {SUITES_DIR.relative_to(REPOSITORY)})")
+    runs = importlib.import_module(f"configs.suites.{name}").get_suite(data)
+    names = [run.name for run in runs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"suite {name!r} names these runs more than once: {', '.join(repeated)}")
+    return runs
+
+
+def select_runs(runs: list[Run], only: str) -> list[Run]:
+    """The runs named in `only` (comma-separated; "" = all), in the suite's order."""
+    if not only:
+        return runs
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in {run.name for run in runs}]
+    if unknown:
+        raise ValueError(f"--only names runs not in the suite: {', '.join(unknown)}; "
+                         f"allowed: {', '.join(run.name for run in runs)}")
+    return [run for run in runs if run.name in wanted]
+
+
+def data_source(data: str) -> str:
+    """`folder:DATA` for a suite that trains on a user's image folder, the path relative to the repository (the
+    runs train from there); "folder:" where no folder was given (`check_data` refuses that before training)."""
+    if not data:
+        return FOLDER_PREFIX
+    return FOLDER_PREFIX + os.path.relpath(pathlib.Path(data).resolve(), REPOSITORY)
+
+
+def check_data(runs: list[Run]) -> None:
+    """One clear error, before any training, for a run whose image folder is missing or not one."""
+    for run in runs:
+        source = str(run.overrides.get("data.source", ""))
+        if not source.startswith(FOLDER_PREFIX):
+            continue
+        folder = source[len(FOLDER_PREFIX):]
+        if not folder:
+            raise ValueError(f"run {run.name!r} trains on an image folder: give it as --data=PATH/cifar10 "
+                             "(PATH/cifar10/{train,test}/<class>/<image>)")
+        path = REPOSITORY / folder
+        if not (path / "train").is_dir() or not (path / "test").is_dir():
+            raise ValueError(f"--data={path} has no train/ and test/ folders; "
+                             "expected PATH/{train,test}/<class>/<image>")
