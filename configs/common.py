@@ -100,6 +100,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.safa.use_ms_head = True
     config.safa.use_ms_tail = True
     config.safa.ms_eps = 0.01  # (R) mode-seeking 1 / (ratio + eps); MSGAN's 1e-5 explodes.
+    # Alternatives to the (R) defaults, for the study in docs/method.md ("What we tried"):
+    # which tail sample each slot augments: "batch_samples" (every tail sample of the batch equally often),
+    # "inverse_frequency" (in proportion to 1 / n_y), "uniform_classes" (each tail class in the batch equally).
+    config.safa.tail_sampling = "batch_samples"
+    config.safa.augmented_class_weights = True  # False: DRW's class weights apply to real samples only.
+    config.safa.upper_bn_stats = "all"  # "real": the upper BatchNorms take statistics over real entries only.
+    config.safa.delta_channels = -1  # E and D through this many channels (a bottleneck); -1 = full width.
+    config.safa.q_pairs = "halves"  # Q's real pairs: "halves" (first vs second half) or "balanced" (half same-class).
 
     # --- run ------------------------------------------------------------------------------------
     config.log_every_steps = 50

@@ -15,7 +15,9 @@ import orbax.checkpoint as ocp
 # how a step computes (model.compute_dtype) or where training started (model.init_checkpoint) are not
 # compared, so a run can resume or be evaluated with another setting.
 SHAPE_DEFINING_FIELDS = ("model.name", "model.width", "model.blocks_per_stage", "model.head", "safa.enabled",
-                         "safa.stage", "safa.q_width", "safa.kernel_size", "data.channels")
+                         "safa.stage", "safa.q_width", "safa.kernel_size", "safa.delta_channels", "data.channels")
+# Shape-defining fields added after checkpoints were written: a checkpoint without the field had this value.
+ADDED_FIELD_DEFAULTS = {"safa.delta_channels": -1}
 
 
 class CheckpointMismatchError(ValueError):
@@ -79,7 +81,7 @@ def shape_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
         value = config_dict
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        fields[dotted] = value
+        fields[dotted] = ADDED_FIELD_DEFAULTS.get(dotted) if value is None else value
     return fields
 
 

@@ -10,7 +10,8 @@ from safa_jax.losses.base import validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
 from safa_jax.models.batch_norm import validate_batch_norm_form
 from safa_jax.models.conv_backend import validate_conv_backend
-from safa_jax.models.safa import SAFA_KERNEL_SIZES
+from safa_jax.models.safa import SAFA_KERNEL_SIZES, UPPER_BN_STATS
+from safa_jax.models.safa_pairing import Q_PAIRS, TAIL_SAMPLING
 from safa_jax.models.torch_import import read_pretrained_info
 from safa_jax.precision import Precision
 
@@ -88,6 +89,12 @@ def _validate_safa(safa) -> None:
                          f"allowed: {', '.join(map(str, SAFA_KERNEL_SIZES))}")
     if safa.start_epoch < 0:
         raise ValueError(f"config.safa.start_epoch must be >= 0, got {safa.start_epoch}")
+    for field, allowed in (("tail_sampling", TAIL_SAMPLING), ("upper_bn_stats", UPPER_BN_STATS),
+                           ("q_pairs", Q_PAIRS)):
+        if safa[field] not in allowed:
+            raise ValueError(f"unknown config.safa.{field}={safa[field]!r}; allowed: {', '.join(allowed)}")
+    if safa.delta_channels != -1:
+        _positive_int(safa.delta_channels, "safa.delta_channels (or -1 for the feature's channel count)")
     if safa.ms_eps <= 0:
         raise ValueError(f"config.safa.ms_eps must be > 0, got {safa.ms_eps}")
     for name in ("lambda_reconstruction", "lambda_contrastive", "lambda_ms_head", "lambda_ms_tail"):

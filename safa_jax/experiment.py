@@ -127,7 +127,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
         if config.safa.q_width == -1:
             config.safa.q_width = channels
         modules = SafaModules(channels, q_width=config.safa.q_width, kernel_size=config.safa.kernel_size,
-                              rngs=rngs)
+                              delta_channels=config.safa.delta_channels, rngs=rngs)
         use_conv_backend(modules, conv_backend)
         use_batch_norm_form(modules, config.model.batch_norm)
         safa_bridge, params["safa"], stats["safa"] = NnxBridge.split(modules)

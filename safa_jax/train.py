@@ -136,6 +136,7 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
     safa_cfg = config.safa
     use_safa = experiment.safa is not None
     is_head_class = jnp.asarray(experiment.is_head_class)
+    class_counts = jnp.asarray(experiment.data.class_counts, jnp.float32)
     batch_sharding = sharding.batch_sharded(mesh)
     schedule = learning_rate_schedule(config.optim, spe)
     precision = Precision.from_config(config.model)
@@ -146,30 +147,38 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
         backbone = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
         new_stats, aux = {}, {}
         weights = jnp.ones(y.shape, jnp.float32)
+        class_weighted = None  # (B + M,) bool: which samples the train rule's class weights apply to; None: all.
         if use_safa:
             features = backbone.lower(x, safa_cfg.stage, train=True)
             modules = experiment.safa.merge(params["safa"], batch_stats["safa"])
             out = safa_augment(modules, features, y, is_head_class, key, num_slots=safa_cfg.num_slots,
-                               safa_config=safa_cfg, train=True)
+                               safa_config=safa_cfg, train=True, class_counts=class_counts)
             new_stats["safa"] = NnxBridge.batch_stats_of(modules)
-            out = out.replace(terms=precision.to_float32(out.terms), parts=precision.to_float32(out.parts))
+            out = out.replace(terms=precision.to_float32(out.terms), parts=precision.to_float32(out.parts),
+                              stats=precision.to_float32(out.stats))
             safa_loss = safa_total_loss(out.terms, safa_cfg)
             aux.update({f"safa/{name}": value for name, value in out.terms.items()})
             aux.update({f"safa/{name}": value for name, value in out.stats.items()})
             aux.update({f"safa/part/{name}": value for name, value in out.parts.items()})
+            upper_mask = None
             if with_augmented:
                 features = jnp.concatenate([features, out.features.astype(features.dtype)])
                 y_all = jnp.concatenate([y, out.labels])
                 weights = jnp.concatenate([weights, out.weights])
+                is_real = jnp.arange(y_all.shape[0]) < y.shape[0]
+                if not safa_cfg.augmented_class_weights:
+                    class_weighted = is_real
+                if safa_cfg.upper_bn_stats == "real":
+                    upper_mask = is_real
             else:
                 y_all = y
-            logits = backbone.classify(backbone.upper(features, safa_cfg.stage, train=True))
+            logits = backbone.classify(backbone.upper(features, safa_cfg.stage, train=True, mask=upper_mask))
         else:
             y_all, safa_loss = y, 0.0
             logits = backbone(x, train=True)
         new_stats["backbone"] = NnxBridge.batch_stats_of(backbone)
         logits = precision.to_float32(logits)
-        cls_loss = base_loss(logits, y_all, weights, epoch)
+        cls_loss = base_loss(logits, y_all, weights, epoch, class_weighted)
         real_logits = logits[:y.shape[0]]
         aux["classification_loss"] = cls_loss
         aux["train_accuracy"] = jnp.mean(jnp.argmax(real_logits, -1) == y) * 100.0

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from configs.common import get_config
 from safa_jax import sharding
 from safa_jax.losses import safa as safa_losses
-from safa_jax.models import safa
+from safa_jax.models import layers, safa
 
 CHANNELS = 4
 SIZE = 4
@@ -251,18 +251,25 @@ def test_a_switched_off_term_is_not_computed(modules, switched_off, convolutions
 
 
 class TinyNet(nnx.Module):
-    """A tiny backbone split at SAFA's insertion point: conv "lower", SAFA, pool + linear "upper"."""
+    """A tiny backbone split at SAFA's insertion point: conv "lower", SAFA, then an "upper" part with a
+    BatchNorm (as after stage 1 or 2 of ResNet-32) or without one (as after stage 3), pool and linear."""
 
     def __init__(self, rngs: nnx.Rngs):
         self.lower = nnx.Conv(3, CHANNELS, kernel_size=(3, 3), padding="SAME", rngs=rngs)
         self.safa = safa.SafaModules(CHANNELS, q_width=-1, rngs=rngs)
+        self.upper_norm = layers.batch_norm(CHANNELS, rngs=rngs)
         self.classifier = nnx.Linear(CHANNELS, len(CLASS_COUNTS), rngs=rngs)
 
-    def upper(self, features: jax.Array) -> jax.Array:
+    def upper(self, features: jax.Array, *, with_batch_norm: bool = True,
+              mask: jax.Array | None = None) -> jax.Array:
+        if with_batch_norm:
+            features = nnx.relu(self.upper_norm(features, use_running_average=False,
+                                                mask=layers.batch_norm_mask(mask, features.ndim)))
         return self.classifier(jnp.mean(features, axis=(1, 2)))
 
 
 LOSSES = ("safa_total", "q_real", "q_irrelevance", "q_preservation", "ms_tail", "augmented_classification",
+          "augmented_classification_real_statistics", "augmented_classification_no_upper_batch_norm",
           "real_classification")
 MODULE_PATHS = {
     "lower": ("lower",), "E": ("safa", "delta_extractor"), "D": ("safa", "delta_generator"),
@@ -287,13 +294,21 @@ def gradient_norms() -> dict[str, dict[str, float]]:
         features = net.lower(images)
         output = safa.safa_augment(net.safa, features, labels, IS_HEAD_CLASS, jax.random.key(1), num_slots=-1,
                                    safa_config=config)
+        both = jnp.concatenate([features, output.features])
+        both_labels = jnp.concatenate([labels, output.labels])
+        augmented_only = jnp.concatenate([jnp.zeros(8), output.weights])
+        is_real = jnp.arange(both.shape[0]) < 8
         return jnp.stack([
             safa_losses.safa_total_loss(output.terms, config),
             output.parts["q_real"],
             output.parts["q_irrelevance"],
             output.parts["q_preservation"],
             output.terms["ms_tail"],
-            classification(net.upper(output.features), output.labels, output.weights),
+            # As the train step: real and augmented features through the upper part together, the loss
+            # on the augmented ones only; the upper BatchNorm's batch statistics couple the two.
+            classification(net.upper(both), both_labels, augmented_only),
+            classification(net.upper(both, mask=is_real), both_labels, augmented_only),
+            classification(net.upper(both, with_batch_norm=False), both_labels, augmented_only),
             classification(net.upper(features), labels, jnp.ones(8)),
         ])
 
@@ -315,8 +330,12 @@ def gradient_norms() -> dict[str, dict[str, float]]:
     ("q_irrelevance", {"E"}),  # Q is frozen for this term.
     ("q_preservation", {"D", "G"}),  # neither Q nor E.
     ("ms_tail", {"D", "G"}),
-    ("augmented_classification", {"E", "D", "G"}),
-    ("real_classification", {"lower"}),  # the lower layers are reachable, just not from SAFA.
+    # Through the upper BatchNorm's batch statistics, which the real features enter, classifying F~_t also
+    # trains the lower layers (placements 1 and 2 of ResNet-32); also with statistics from real entries only.
+    ("augmented_classification", {"lower", "E", "D", "G"}),
+    ("augmented_classification_real_statistics", {"lower", "E", "D", "G"}),
+    ("augmented_classification_no_upper_batch_norm", {"E", "D", "G"}),  # placement 3: no BatchNorm above.
+    ("real_classification", {"lower"}),
 ])
 def test_each_loss_trains_exactly_its_modules(gradient_norms, loss, trained):
     for module, norm in gradient_norms[loss].items():

@@ -28,7 +28,7 @@ _RESAMPLE_RULES = ("resample", "drs")
 _DEFERRED_RULES = ("drw", "drs")
 _MAX_LISTED_CLASSES = 10  # class ids named in an error before "and N more".
 
-BaseLoss = Callable[[jax.Array, jax.Array, jax.Array | None, jax.Array | int], jax.Array]
+BaseLoss = Callable[..., jax.Array]  # (logits, labels, sample_weights, epoch[, class_weighted]) -> loss
 
 
 def _validated_counts(class_counts: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -75,12 +75,16 @@ def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
 
 
 def _per_sample_weights(
-    labels: jax.Array, class_weights: jax.Array | None, sample_weights: jax.Array | None
+    labels: jax.Array, class_weights: jax.Array | None, sample_weights: jax.Array | None,
+    class_weighted: jax.Array | None = None,
 ) -> jax.Array:
-    """w[y_i] * s_i, with a missing factor taken as 1."""
+    """w[y_i] * s_i, with a missing factor taken as 1; w[y_i] is 1 where `class_weighted` (B,) is False."""
     weights = jnp.ones(labels.shape, jnp.float32)
     if class_weights is not None:
-        weights = weights * jnp.asarray(class_weights, jnp.float32)[labels]
+        per_sample = jnp.asarray(class_weights, jnp.float32)[labels]
+        if class_weighted is not None:
+            per_sample = jnp.where(class_weighted, per_sample, 1.0)
+        weights = weights * per_sample
     if sample_weights is not None:
         weights = weights * jnp.asarray(sample_weights, jnp.float32)
     return weights
@@ -97,12 +101,14 @@ def cross_entropy(
     *,
     class_weights: jax.Array | None = None,
     sample_weights: jax.Array | None = None,
+    class_weighted: jax.Array | None = None,
 ) -> jax.Array:
     """PyTorch's `F.cross_entropy(logits, y, weight=w)`: sum_i w[y_i] ce_i / sum_i w[y_i].
 
-    `sample_weights` multiply w[y_i] in both sums, so a weight-0 sample drops out exactly.
+    `sample_weights` multiply w[y_i] in both sums, so a weight-0 sample drops out exactly. `class_weighted`
+    (B,) bool: samples where it is False take class weight 1 (SAFA's augmented samples, optionally).
     """
-    weights = _per_sample_weights(labels, class_weights, sample_weights)
+    weights = _per_sample_weights(labels, class_weights, sample_weights, class_weighted)
     return _weighted_mean(_unweighted_cross_entropy(logits, labels), weights)
 
 
@@ -113,13 +119,16 @@ def focal_loss(
     gamma: float,
     class_weights: jax.Array | None = None,
     sample_weights: jax.Array | None = None,
+    class_weighted: jax.Array | None = None,
 ) -> jax.Array:
     """Focal loss as in the LDAM-DRW code: ce_i = w[y_i] ce_i, p = exp(-ce_i), mean((1 - p)**gamma ce_i).
 
     Class weights scale ce_i *inside* the focal term and the mean is plain (not divided by the class
-    weights), unlike `cross_entropy`; only `sample_weights` enter the denominator.
+    weights), unlike `cross_entropy`; only `sample_weights` enter the denominator. `class_weighted` as in
+    `cross_entropy`.
     """
-    weighted_ce = _per_sample_weights(labels, class_weights, None) * _unweighted_cross_entropy(logits, labels)
+    weighted_ce = (_per_sample_weights(labels, class_weights, None, class_weighted)
+                   * _unweighted_cross_entropy(logits, labels))
     # (1 - p) is floored at the smallest normal float: at ce_i = 0 the true gradient is 0, but
     # d/dx x**gamma is infinite there for gamma < 1 and would turn into NaN.
     one_minus_p = jnp.maximum(1.0 - jnp.exp(-weighted_ce), jnp.finfo(jnp.float32).tiny)
@@ -135,6 +144,7 @@ def ldam_loss(
     scale: float,
     class_weights: jax.Array | None = None,
     sample_weights: jax.Array | None = None,
+    class_weighted: jax.Array | None = None,
 ) -> jax.Array:
     """LDAM: subtract m_y from the true-class logit, multiply by `scale`, then (weighted) cross-entropy.
 
@@ -144,7 +154,8 @@ def ldam_loss(
     true_class = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     margin_per_sample = jnp.asarray(margins, jnp.float32)[labels]
     shifted = logits.astype(jnp.float32) - true_class * margin_per_sample[:, None]
-    return cross_entropy(scale * shifted, labels, class_weights=class_weights, sample_weights=sample_weights)
+    return cross_entropy(scale * shifted, labels, class_weights=class_weights, sample_weights=sample_weights,
+                         class_weighted=class_weighted)
 
 
 def _in_second_stage(loss_config: ml_collections.ConfigDict, epoch: jax.Array | int) -> jax.Array:
@@ -200,7 +211,8 @@ def validate_loss_config(loss_config: ml_collections.ConfigDict, num_classes: in
 
 
 def make_base_loss(loss_config: ml_collections.ConfigDict, class_counts: Sequence[int] | np.ndarray) -> BaseLoss:
-    """The configured loss as `loss(logits, labels, sample_weights, epoch)`, with the train rule's weights.
+    """The configured loss as `loss(logits, labels, sample_weights, epoch[, class_weighted])`, with the train
+    rule's class weights (on the samples where `class_weighted` is True, default all).
 
     The loss and its margins are chosen here; at call time only the DRW switch depends on `epoch`.
     """
@@ -216,9 +228,11 @@ def make_base_loss(loss_config: ml_collections.ConfigDict, class_counts: Sequenc
         loss_by_name = cross_entropy
 
     def loss(
-        logits: jax.Array, labels: jax.Array, sample_weights: jax.Array | None, epoch: jax.Array | int
+        logits: jax.Array, labels: jax.Array, sample_weights: jax.Array | None, epoch: jax.Array | int,
+        class_weighted: jax.Array | None = None,
     ) -> jax.Array:
         weights = class_weights_at(loss_config, class_counts, epoch)
-        return loss_by_name(logits, labels, class_weights=weights, sample_weights=sample_weights)
+        return loss_by_name(logits, labels, class_weights=weights, sample_weights=sample_weights,
+                            class_weighted=class_weighted)
 
     return loss

@@ -35,6 +35,12 @@ def masked_l1(prediction: jax.Array, target: jax.Array, valid: jax.Array) -> jax
     return masked_mean(mean_abs_distance(prediction, target), valid)
 
 
+def relative_l1(a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
+    """mean|a - b| / mean|b| over the valid entries (0 where none is valid): how far `a` is from copying `b`."""
+    scale = jnp.maximum(masked_mean(jnp.mean(jnp.abs(b), axis=tuple(range(1, b.ndim))), valid), MIN_INPUT_DISTANCE)
+    return masked_mean(mean_abs_distance(a, b), valid) / scale
+
+
 def pair_cross_entropy(logits: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
     """Softmax cross-entropy of Q's 2-way logits (N, 2) against 0 = different / 1 = same class."""
     targets = jnp.broadcast_to(targets, logits.shape[:1]).astype(jnp.int32)

@@ -7,6 +7,8 @@ take explicit paddings, as PyTorch pads.
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from safa_jax.models.batch_norm import BatchNorm
@@ -20,3 +22,15 @@ def conv_no_bias(in_channels: int, out_channels: int, kernel: int, stride: int, 
                  kernel_init: Callable, rngs: nnx.Rngs) -> nnx.Conv:
     return nnx.Conv(in_channels, out_channels, kernel_size=(kernel, kernel), strides=stride, padding=padding,
                     use_bias=False, kernel_init=kernel_init, rngs=rngs)
+
+
+def batch_norm_mask(valid: jax.Array | None, ndim: int) -> jax.Array | None:
+    """(N,) bool -> (N, 1, ..., 1), as BatchNorm broadcasts it against an `ndim` input; None stays None.
+
+    With no valid entry, every entry counts instead: an empty mask would give NaN statistics (0 / 0),
+    and NaN forward values poison masked losses' gradients even where their weight is 0.
+    """
+    if valid is None:
+        return None
+    valid = valid | ~jnp.any(valid)
+    return valid.reshape(valid.shape + (1,) * (ndim - 1))

@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 from safa_jax.models.heads import build_head, torch_linear_bias_init
-from safa_jax.models.layers import batch_norm, conv_no_bias
+from safa_jax.models.layers import batch_norm, batch_norm_mask, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
 RESNET50_LAYERS = (3, 4, 6, 3)
@@ -62,14 +62,16 @@ class Bottleneck(nnx.Module):
             else None
         )
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        out = nnx.relu(self.bn2(self.conv2(out), use_running_average=not train))
-        out = self.bn3(self.conv3(out), use_running_average=not train)
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """`mask` (N,) bool: in training, every BatchNorm takes its statistics over these entries only."""
+        bn_mask = batch_norm_mask(mask, x.ndim)
+        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train, mask=bn_mask))
+        out = nnx.relu(self.bn2(self.conv2(out), use_running_average=not train, mask=bn_mask))
+        out = self.bn3(self.conv3(out), use_running_average=not train, mask=bn_mask)
         shortcut = x
         if self.downsample is not None:
             conv, bn = self.downsample
-            shortcut = bn(conv(x), use_running_average=not train)
+            shortcut = bn(conv(x), use_running_average=not train, mask=bn_mask)
         return nnx.relu(out + shortcut)
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from safa_jax.models.heads import KAIMING_NORMAL, build_head
-from safa_jax.models.layers import batch_norm, conv_no_bias
+from safa_jax.models.layers import batch_norm, batch_norm_mask, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
 # PyTorch's padding=1 on every 3x3 conv. "SAME" would pad a stride-2 conv on an even size by
@@ -52,9 +52,11 @@ class BasicBlock(nnx.Module):
         self.planes = planes
         self.changes_shape = stride != 1 or in_planes != planes
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        out = self.bn2(self.conv2(out), use_running_average=not train)
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """`mask` (N,) bool: in training, every BatchNorm takes its statistics over these entries only."""
+        bn_mask = batch_norm_mask(mask, x.ndim)
+        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train, mask=bn_mask))
+        out = self.bn2(self.conv2(out), use_running_average=not train, mask=bn_mask)
         shortcut = option_a_shortcut(x, self.planes) if self.changes_shape else x
         return nnx.relu(out + shortcut)
 

@@ -22,6 +22,7 @@ from safa_jax.models import layers, safa_pairing
 
 KAIMING_NORMAL = nnx.initializers.kaiming_normal()
 SAFA_KERNEL_SIZES = (3, 1)  # config.safa.kernel_size: 3x3 (the (R) default) or 1x1.
+UPPER_BN_STATS = ("all", "real")  # config.safa.upper_bn_stats, applied by the train step.
 
 
 class ConvBNReLU(nnx.Module):
@@ -37,7 +38,7 @@ class ConvBNReLU(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         """`mask` (N,) bool: in training, BatchNorm takes its statistics over these entries only."""
-        norm_mask = None if mask is None else _batch_norm_mask(mask, x.ndim)
+        norm_mask = layers.batch_norm_mask(mask, x.ndim)
         return nnx.relu(self.norm(self.conv(x), use_running_average=not train, mask=norm_mask))
 
 
@@ -57,15 +58,32 @@ class ContrastiveModule(nnx.Module):
         return self.classifier(jnp.mean(hidden, axis=(1, 2)))
 
 
+class BottleneckDelta(nnx.Module):
+    """A delta module through `width` < C channels: Conv-BN-ReLU (2C -> width), then a 1x1 Conv-BN-ReLU back to C.
+
+    Why: with a full-width E, L_r can be minimised by copying (E outputs its target, G its delta input);
+    a narrow delta cannot carry the whole target feature (`config.safa.delta_channels`, (R)).
+    """
+
+    def __init__(self, in_channels: int, width: int, out_channels: int, *, kernel_size: int, rngs: nnx.Rngs):
+        self.reduce = ConvBNReLU(in_channels, width, kernel_size=kernel_size, rngs=rngs)
+        self.expand = ConvBNReLU(width, out_channels, kernel_size=1, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        return self.expand(self.reduce(x, train=train, mask=mask), train=train, mask=mask)
+
+
 class SafaModules(nnx.Module):
     """E (delta extractor), D (sample-specific delta generator), G (feature generator) and Q (contrastive).
 
     E, D and G each map a channel-concatenated pair (2C) to C channels, so every delta has the shape of
     the feature F it works on. `q_width` = -1 gives Q the feature's channel count (the (R) default).
-    `kernel_size` (3 or 1, (R)) is that of all four modules' convolutions.
+    `kernel_size` (3 or 1, (R)) is that of all four modules' convolutions. `delta_channels` = -1 makes E
+    and D one full-width Conv-BN-ReLU (the (R) default); a positive width gives them a `BottleneckDelta`.
     """
 
-    def __init__(self, channels: int, *, q_width: int, kernel_size: int = 3, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, q_width: int, kernel_size: int = 3, delta_channels: int = -1,
+                 rngs: nnx.Rngs):
         if channels < 1:
             raise ValueError(f"channels={channels} must be a positive channel count.")
         if q_width == -1:
@@ -74,8 +92,16 @@ class SafaModules(nnx.Module):
             raise ValueError(f"q_width={q_width}: use a positive width, or -1 for the feature's channel count.")
         if kernel_size not in SAFA_KERNEL_SIZES:
             raise ValueError(f"kernel_size={kernel_size!r}; allowed: {', '.join(map(str, SAFA_KERNEL_SIZES))}.")
-        self.delta_extractor = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
-        self.delta_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+        if delta_channels == -1:
+            self.delta_extractor = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+            self.delta_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+        elif 1 <= delta_channels:
+            self.delta_extractor = BottleneckDelta(2 * channels, delta_channels, channels, kernel_size=kernel_size,
+                                                   rngs=rngs)
+            self.delta_generator = BottleneckDelta(2 * channels, delta_channels, channels, kernel_size=kernel_size,
+                                                   rngs=rngs)
+        else:
+            raise ValueError(f"delta_channels={delta_channels}: use a positive width, or -1 for full width.")
         self.feature_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
         self.contrastive = ContrastiveModule(channels, q_width, kernel_size=kernel_size, rngs=rngs)
 
@@ -109,7 +135,10 @@ class SafaOutput:
         (exactly 0 where switched off); combine them with `safa_losses.safa_total_loss`.
     parts: the parts of L_r ("cycle", "head_reconstruction") and of L_c ("q_real", "q_irrelevance",
         "q_preservation"), for logging and tests; 0 where their term is switched off.
-    stats: the counts "valid_slots", "head_pairs", "tail_samples".
+    stats: the counts "valid_slots", "head_pairs", "tail_samples"; with L_r on, "e_copy_distance" and
+        "g_copy_distance" (`relative_l1` of E's delta to its target and of G's output to its delta input:
+        near 0 means the module copies); with L_c on, "q_same_class_pairs" (the share of Q's real pairs
+        that share a class).
     """
 
     features: jax.Array
@@ -148,11 +177,13 @@ def resolve_num_slots(num_slots: int, batch_size: int) -> int:
 
 
 def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, is_head_class: jax.Array,
-                 key: jax.Array, *, num_slots: int, safa_config: Any, train: bool = True) -> SafaOutput:
-    """One SAFA forward pass on the batch's features at the insertion point (SAFA_SPEC.md, steps 1-5).
+                 key: jax.Array, *, num_slots: int, safa_config: Any, train: bool = True,
+                 class_counts: Any = None) -> SafaOutput:
+    """One SAFA forward pass on the batch's features at the insertion point (docs/method.md, steps 1-5).
 
     features: (B, H, W, C) from the backbone's lower part; labels: (B,) int; is_head_class: (K,) bool
-    (`head_class_mask`); num_slots: M, or -1 for B // 2; safa_config: `config.safa`. Shapes depend on
+    (`head_class_mask`); num_slots: M, or -1 for B // 2; safa_config: `config.safa`; class_counts: (K,)
+    training counts, needed by `safa.tail_sampling="inverse_frequency"` only. Shapes depend on
     B and M only, never on the batch's composition, so the pass jits once and runs on a sharded batch.
     A switched-off term is not computed at all (a Python-level switch).
     """
@@ -165,6 +196,7 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
     features = jax.lax.stop_gradient(features)  # No SAFA term trains the layers below the insertion point.
     is_head_sample = jnp.asarray(is_head_class)[labels]
     pair_key, slot_key, ms_head_key = jax.random.split(key, 3)
+    copy_stats = {}
 
     # 1. Head deltas, from E on stop-gradient features of same-class pairs.
     pairs = safa_pairing.pair_head_samples(labels, is_head_sample, pair_key)
@@ -172,7 +204,8 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
     head_deltas = modules.extract_delta(anchors, partners, train=train, mask=pairs.valid)
 
     # 3-4. Each slot: a tail sample and a head delta; D adapts the delta, G applies it.
-    slots = safa_pairing.draw_slots(~is_head_sample, pairs.valid, slot_key, num_slots)
+    tail_weights = safa_pairing.tail_sample_weights(safa_config.tail_sampling, labels, class_counts)
+    slots = safa_pairing.draw_slots(~is_head_sample, pairs.valid, slot_key, num_slots, tail_weights)
     tails = features[slots.tail_samples]
     slot_deltas = head_deltas[slots.deltas]
     augmented = modules.augment(tails, slot_deltas, train=train, mask=slots.valid)
@@ -191,6 +224,10 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
         # 2. G applies a head delta to its anchor: it should give the partner.
         reconstructed = modules.apply_delta(anchors, head_deltas, train=train, mask=pairs.valid)
         parts["head_reconstruction"] = safa_losses.masked_l1(reconstructed, partners, pairs.valid)
+        # How far E and G are from copying (0 = a copy): L_r is also minimised by E outputting its target
+        # and G outputting its delta input, which would make the deltas carry no direction.
+        copy_stats["e_copy_distance"] = safa_losses.relative_l1(head_deltas, partners, pairs.valid)
+        copy_stats["g_copy_distance"] = safa_losses.relative_l1(reconstructed, head_deltas, pairs.valid)
         # 5. Recycling: the delta from F~_t back to F_t must bring F~_t back to F_t.
         cycle_delta = modules.extract_delta(augmented, tails, train=train, mask=slots.valid)
         recycled = modules.apply_delta(augmented, cycle_delta, train=train, mask=slots.valid)
@@ -198,11 +235,13 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
         terms["reconstruction"] = parts["cycle"] + parts["head_reconstruction"]
 
     if safa_config.use_contrastive:
-        half = batch // 2
-        first_half, second_half = slice(0, half), slice(half, 2 * half)
-        real_logits = modules.contrastive(features[first_half], features[second_half], train=train)
-        parts["q_real"] = safa_losses.pair_cross_entropy(
-            real_logits, labels[first_half] == labels[second_half], jnp.ones(half, dtype=bool))
+        first, second, q_valid = safa_pairing.contrastive_pairs(labels, safa_config.q_pairs,
+                                                                jax.random.fold_in(key, 3))
+        q_mask = None if safa_config.q_pairs == "halves" else q_valid
+        real_logits = modules.contrastive(features[first], features[second], train=train, mask=q_mask)
+        parts["q_real"] = safa_losses.pair_cross_entropy(real_logits, labels[first] == labels[second], q_valid)
+        copy_stats["q_same_class_pairs"] = safa_losses.masked_mean(
+            (labels[first] == labels[second]).astype(jnp.float32), q_valid)
         frozen_q = _without_param_gradient(modules.contrastive)
         # A head delta must not look like its head sample's class: trains E only.
         irrelevance_logits = frozen_q(anchors, head_deltas, train=train, mask=pairs.valid)
@@ -214,9 +253,9 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
 
     if safa_config.use_ms_head:
         # Deltas of different head pairs should differ as much as the head samples they start from.
-        first, second, ms_valid = safa_pairing.pair_valid_entries(pairs.valid, ms_head_key)
-        terms["ms_head"] = safa_losses.mode_seeking(head_deltas[first], head_deltas[second], anchors[first],
-                                                    anchors[second], ms_valid, safa_config.ms_eps)
+        ms_first, ms_second, ms_valid = safa_pairing.pair_valid_entries(pairs.valid, ms_head_key)
+        terms["ms_head"] = safa_losses.mode_seeking(head_deltas[ms_first], head_deltas[ms_second], anchors[ms_first],
+                                                    anchors[ms_second], ms_valid, safa_config.ms_eps)
 
     if safa_config.use_ms_tail:
         # One tail sample, two head deltas: the two augmented features should differ. The deltas are
@@ -237,22 +276,13 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
             "valid_slots": jnp.sum(slots.valid),
             "head_pairs": jnp.sum(pairs.valid),
             "tail_samples": jnp.sum(~is_head_sample),
+            **copy_stats,
         },
     )
 
 
 def _channel_concat(first: jax.Array, second: jax.Array) -> jax.Array:
     return jnp.concatenate([first, second], axis=-1)
-
-
-def _batch_norm_mask(valid: jax.Array, ndim: int) -> jax.Array:
-    """(N,) -> (N, 1, ..., 1), as BatchNorm broadcasts it against its input.
-
-    With no valid entry, every entry counts instead: an empty mask would give NaN statistics (0 / 0),
-    and NaN forward values poison the masked losses' gradients even where their weight is 0.
-    """
-    valid = valid | ~jnp.any(valid)
-    return valid.reshape(valid.shape + (1,) * (ndim - 1))
 
 
 def _without_param_gradient(module: nnx.Module) -> nnx.Module:

@@ -40,10 +40,12 @@ class SplitBackbone(nnx.Module):
         if not isinstance(stage, int) or not 1 <= stage <= self.num_stages:
             raise ValueError(f"stage must be one of 1..{self.num_stages}, got {stage!r}")
 
-    def _run_stages(self, out: jax.Array, first: int, stop: int, *, train: bool) -> jax.Array:
+    def _run_stages(self, out: jax.Array, first: int, stop: int, *, train: bool,
+                    mask: jax.Array | None = None) -> jax.Array:
+        block_args = {} if mask is None else {"mask": mask}
         for stage_index in range(first, stop):
             for block in self.stages[stage_index]:
-                out = self.keep_block_outputs(block(out, train=train))
+                out = self.keep_block_outputs(block(out, train=train, **block_args))
         return out
 
     def lower(self, x: jax.Array, stage: int, *, train: bool) -> jax.Array:
@@ -51,10 +53,14 @@ class SplitBackbone(nnx.Module):
         self._check_stage(stage)
         return self._run_stages(self.keep_block_outputs(self.stem(x, train=train)), 0, stage, train=train)
 
-    def upper(self, features: jax.Array, stage: int, *, train: bool) -> jax.Array:
-        """The stages after `stage` on a feature map from `lower(x, stage)`, then global average pooling -> (B, C)."""
+    def upper(self, features: jax.Array, stage: int, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        """The stages after `stage` on a feature map from `lower(x, stage)`, then global average pooling -> (B, C).
+
+        `mask` (B,) bool: in training, the BatchNorms take their batch statistics (and so their running
+        averages, used at test time) over these entries only, e.g. the real ones among SAFA's generated.
+        """
         self._check_stage(stage)
-        return jnp.mean(self._run_stages(features, stage, self.num_stages, train=train), axis=(1, 2))
+        return jnp.mean(self._run_stages(features, stage, self.num_stages, train=train, mask=mask), axis=(1, 2))
 
     def classify(self, pooled: jax.Array) -> jax.Array:
         """Logits from pooled features (B, C): linear, or cosines for the normed head."""

@@ -1,0 +1,143 @@
+"""Suites (python -m safa_jax.suite): run, skip, resume, list, report and export; the per-epoch records."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from safa_jax import epoch_log, provenance, suite_report
+from safa_jax.suite_spec import Run, check_data, data_source, load_suite, select_runs
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_suite_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "safa_jax.suite", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def write_run(folder: pathlib.Path, errors, *, done: bool, final_error: float | None = None):
+    """A run folder as training leaves it: config, split, epochs.csv (test error where given), provenance."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"num_epochs": len(errors) + 1}))
+    (folder / "split.json").write_text(json.dumps({"num_train": 1000}))
+    for epoch, (error, rate) in enumerate(zip(errors, [100.0, 200.0, 300.0, 400.0])):
+        test = None if error is None else {"top1_error": error, "many_shot_accuracy": 90.0,
+                                            "medium_shot_accuracy": None, "few_shot_accuracy": 10.0}
+        epoch_log.append_epoch(folder, epoch_log.epoch_row(
+            epoch=epoch, step=10 * (epoch + 1), train_seconds=1000 / rate, images=1000,
+            train_means={"loss": 1.0 / (epoch + 1)}, test=test, eval_seconds=2.0))
+    with open(folder / provenance.PROVENANCE_FILE, "w") as out:
+        out.write(json.dumps({"commit": "a" * 40, "dirty": False, "start_step": 0, "cpu": "cpu X"}) + "\n")
+        out.write(json.dumps({"commit": "b" * 40, "dirty": True, "start_step": 20, "cpu": "cpu X"}) + "\n")
+    if done:
+        (folder / "eval_results.json").write_text(json.dumps({
+            "top1_error": final_error, "many_shot_accuracy": 91.0, "medium_shot_accuracy": 50.5,
+            "few_shot_accuracy": 12.25}))
+        epoch_log.mark_done(folder, 40)
+
+
+def test_epoch_rows_keep_the_last_row_of_each_epoch_and_refuse_other_columns(tmp_path):
+    row = lambda epoch, loss: epoch_log.epoch_row(  # noqa: E731
+        epoch=epoch, step=epoch + 1, train_seconds=2.0, images=10, train_means={"loss": loss}, test=None,
+        eval_seconds=0.0)
+    for epoch, loss in ((0, 3.0), (1, 2.0), (1, 1.5)):  # epoch 1 written twice: a resume repeated it.
+        epoch_log.append_epoch(tmp_path, row(epoch, loss))
+    rows = epoch_log.read_epochs(tmp_path)
+    assert [(r["epoch"], r["loss"], r["train_images_per_sec"]) for r in rows] == [(0, 3.0, 5.0), (1, 1.5, 5.0)]
+    assert rows[0]["test_top1_error"] is None
+    other = dict(row(2, 1.0), extra=1.0)
+    with pytest.raises(ValueError, match="another config"):
+        epoch_log.append_epoch(tmp_path, other)
+
+
+def test_report_of_hand_made_runs(tmp_path):
+    write_run(tmp_path / "a", [30.0, None, 25.0, 27.0], done=True, final_error=26.5)
+    write_run(tmp_path / "b", [40.0, None], done=False)
+    runs = [Run("a", "configs/digits_lt.py", paper=22.47, paper_source="table"), Run("b", "configs/digits_lt.py"),
+            Run("c", "configs/digits_lt.py")]
+    results = suite_report.write_report("demo", runs, tmp_path, tmp_path / "out.md")
+    a, b, c = results
+    assert a["finished"] and a["top1_error"] == 26.5 and a["best_test_top1_error"] == 25.0 and a["best_epoch"] == 2
+    assert a["num_evaluations"] == 3 and a["images_per_sec"] == 250.0  # median of 100, 200, 300, 400
+    assert a["train_hours"] == pytest.approx((10 + 5 + 1000 / 300 + 2.5) / 3600, rel=1e-4)  # seconds kept to 1 ms
+    assert a["eval_hours"] == pytest.approx(6.0 / 3600)  # three evaluations of 2 s
+    assert [t["start_step"] for t in a["trained_by"]] == [0, 20]
+    assert not b["finished"] and b["latest_test_top1_error"] == 40.0 and b["epochs_done"] == 2
+    assert c["epochs_done"] == 0 and c["top1_error"] is None
+    table = (tmp_path / "out.md").read_text()
+    assert "| a | 22.47 | **26.50** | 25.00, 2 | 91.00 | 50.50 | 12.25 | 4/5 |" in table
+    assert "aaaaaaa @ 0, bbbbbbb+ @ 20" in table
+    assert "| b |  | (running; latest 40.00) |" in table and "| c |  | (not run) |" in table
+    assert json.loads((tmp_path / suite_report.RESULTS_JSON).read_text())["suite"] == "demo"
+    listing = suite_report.listing(runs, tmp_path)
+    assert "finished" in listing and "2/3 epochs" in listing
+    # b: 1 epoch of 1000 images left at its median 150 images/s; c has no like run with a measured speed.
+    assert "0:00:07" in listing
+
+
+def test_suite_selection_and_data_checks(tmp_path):
+    runs = load_suite("cifar10_lt_table4", "")
+    names = [run.name for run in runs]
+    assert names[:4] == ["ldam_drw_rho200", "ldam_drw_safa_s2_rho200", "ce_rho200", "ce_safa_s2_rho200"]
+    assert runs[1].paper == 22.47 and runs[3].paper == 25.11 and runs[0].paper is None
+    assert runs[1].flags()[:1] == ["--config=configs/cifar10_lt.py:200"]
+    config = runs[1].build_config()
+    assert config.safa.enabled and config.loss.name == "ldam" and config.data.imbalance_factor == 200.0
+    with pytest.raises(ValueError, match="give it as --data=PATH/cifar10"):
+        check_data(runs)
+    with pytest.raises(ValueError, match="no train/ and test/ folders"):
+        check_data(load_suite("cifar10_lt_table4", str(tmp_path)))
+    assert data_source(str(REPO / "configs"), ) == "folder:configs"
+    with pytest.raises(ValueError, match="--only names runs not in the suite: nope; allowed: ldam_drw_rho200"):
+        select_runs(runs, "nope")
+    with pytest.raises(ValueError, match="unknown suite 'nope'; allowed: .*cifar10_lt_table4"):
+        load_suite("nope", "")
+
+
+def test_smoke_suite_runs_skips_resumes_reports_and_exports(tmp_path):
+    root = tmp_path / "runs"
+    first = run_suite_cli("--suite=smoke", f"--root={root}")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "suite: all 2 runs finished" in first.stdout
+    rows = epoch_log.read_epochs(root / "ce")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(r["test_top1_error"] is not None for r in rows)  # eval_every_epochs=1 in the smoke suite.
+    assert {"safa/e_copy_distance", "safa/q_same_class_pairs"} <= set(epoch_log.read_epochs(root / "ce_safa")[0])
+    final = json.loads((root / "ce" / "eval_results.json").read_text())
+    assert final["top1_error"] == pytest.approx(rows[-1]["test_top1_error"])
+    assert len(provenance.read_provenance(root / "ce")) == 1
+
+    again = run_suite_cli("--suite=smoke", f"--root={root}")
+    assert "1/2 ce: finished, skipped" in again.stdout and "2/2 ce_safa: finished, skipped" in again.stdout
+
+    (root / "ce" / epoch_log.TRAINING_DONE_FILE).unlink()  # as if stopped after its last checkpoint
+    resumed = run_suite_cli("--suite=smoke", f"--root={root}", "--only=ce")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "ce: resuming (3 epochs done)" in resumed.stdout
+    assert json.loads((root / "ce" / "eval_results.json").read_text())["top1_error"] == final["top1_error"]
+    assert [p["start_step"] for p in provenance.read_provenance(root / "ce")] == [0, 102]
+
+    listed = run_suite_cli("--suite=smoke", f"--root={root}", "--list")
+    assert "finished" in listed.stdout and "total time left 0:00:00" in listed.stdout
+    exported = run_suite_cli("--suite=smoke", f"--root={root}", f"--export={tmp_path / 'results'}")
+    assert "exported 2 finished runs" in exported.stdout
+    assert sorted(p.name for p in (tmp_path / "results" / "ce").iterdir()) == sorted(suite_report.SMALL_FILES)
+    report = run_suite_cli("--suite=smoke", f"--root={tmp_path / 'results'}", "--report",
+                           f"--output={tmp_path / 'docs' / 'results.md'}")
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = (tmp_path / "docs" / "results.md").read_text()
+    assert f"| ce |  | **{final['top1_error']:.2f}** |" in table
+
+
+def test_suite_cli_errors_are_one_line():
+    missing = run_suite_cli("--suite=cifar10_lt_table4", "--root=/tmp/never")
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1].startswith("safa_jax.suite: error: run 'ldam_drw_rho200' "
+                                                              "trains on an image folder")
+    unknown = run_suite_cli("--suite=nope", "--root=/tmp/never")
+    assert "unknown suite 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
