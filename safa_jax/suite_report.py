@@ -58,7 +58,8 @@ def listing(runs: list[Run], root: pathlib.Path) -> str:
     """One line per run: state, measured images/s, time left. A run not started yet is estimated from a started
     run with the same config file and SAFA on/off (its speed and training-set size)."""
     statuses = {run.name: run_status(root / run.name) for run in runs}
-    lines = [f"{'run':<28}{'state':<22}{'images/s':>10}{'time left':>14}"]
+    width = max(len(run.name) for run in runs) + 2
+    lines = [f"{'run':<{width}}{'state':<22}{'images/s':>10}{'time left':>14}"]
     total_left = 0.0
     unknown = 0
     for run in runs:
@@ -78,7 +79,7 @@ def listing(runs: list[Run], root: pathlib.Path) -> str:
             unknown += 1
         else:
             total_left += left
-        lines.append(f"{run.name:<28}{state:<22}{'' if rate is None else f'{rate:.1f}':>10}"
+        lines.append(f"{run.name:<{width}}{state:<22}{'' if rate is None else f'{rate:.1f}':>10}"
                      f"{'unknown' if left is None else _hours(left):>14}")
     lines.append(f"total time left {_hours(total_left)}" + (f" + {unknown} runs without an estimate" if unknown else ""))
     return "\n".join(lines)
@@ -116,9 +117,16 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(suite: str, results: list[dict[str, Any]]) -> str:
+NOTES_FILE = "NOTES.md"  # hand-written findings kept beside a suite's exported results, put under the table.
+
+
+def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> str:
     lines = [
-        f"### Suite `{suite}`", "",
+        f"# Results: suite `{suite}`", "",
+        "Trained with `python -m safa_jax.suite --suite=" + suite + " --data=PATH/cifar10 --root=runs/" + suite
+        + "` (the same command resumes or skips what is done), exported with `--export=results/" + suite
+        + "`, and this section written by `python -m safa_jax.suite --suite=" + suite + " --root=results/" + suite
+        + " --report --output=docs/results.md`.", "",
         "Top-1 error % on the full test set. *final*: the model after the last epoch (our primary number). "
         "*best (test-selected)*: the lowest test error over the evaluated epochs, what the LDAM-DRW code prints "
         "as `best_acc1`: it selects on the test set, so it is optimistic. many / medium / few: final accuracy % "
@@ -145,6 +153,8 @@ def markdown(suite: str, results: list[dict[str, Any]]) -> str:
     cpus = sorted({c["cpu"] for r in results for c in r["trained_by"]})
     lines += ["", f"Machines: {'; '.join(cpus) or 'none yet'}. A `+` after a commit: the working tree had "
               "uncommitted changes to tracked files when that start began."]
+    if (root / NOTES_FILE).exists():
+        lines += ["", (root / NOTES_FILE).read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -153,7 +163,7 @@ def write_report(suite: str, runs: list[Run], root: pathlib.Path, output: pathli
     root.mkdir(parents=True, exist_ok=True)
     (root / RESULTS_JSON).write_text(json.dumps({"suite": suite, "runs": results}, indent=2))
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(suite, results))
+    output.write_text(markdown(suite, results, root))
     return results
 
 

@@ -60,6 +60,7 @@ def test_report_of_hand_made_runs(tmp_path):
     write_run(tmp_path / "b", [40.0, None], done=False)
     runs = [Run("a", "configs/digits_lt.py", paper=22.47, paper_source="table"), Run("b", "configs/digits_lt.py"),
             Run("c", "configs/digits_lt.py")]
+    (tmp_path / suite_report.NOTES_FILE).write_text("What the runs showed.\n")
     results = suite_report.write_report("demo", runs, tmp_path, tmp_path / "out.md")
     a, b, c = results
     assert a["finished"] and a["top1_error"] == 26.5 and a["best_test_top1_error"] == 25.0 and a["best_epoch"] == 2
@@ -73,6 +74,8 @@ def test_report_of_hand_made_runs(tmp_path):
     assert "| a | 22.47 | **26.50** | 25.00, 2 | 91.00 | 50.50 | 12.25 | 4/5 |" in table
     assert "aaaaaaa @ 0, bbbbbbb+ @ 20" in table
     assert "| b |  | (running; latest 40.00) |" in table and "| c |  | (not run) |" in table
+    assert table.startswith("# Results: suite `demo`") and table.endswith("What the runs showed.\n")
+    assert "--root=results/demo --report --output=docs/results.md" in table
     assert json.loads((tmp_path / suite_report.RESULTS_JSON).read_text())["suite"] == "demo"
     listing = suite_report.listing(runs, tmp_path)
     assert "finished" in listing and "2/3 epochs" in listing
