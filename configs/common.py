@@ -109,6 +109,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.safa.delta_channels = -1  # E and D through this many channels (a bottleneck); -1 = full width.
     config.safa.q_pairs = "halves"  # Q's real pairs: "halves" (first vs second half) or "balanced" (half same-class).
 
+    # --- evaluation (--mode=eval) ------------------------------------------------------------------
+    config.eval = ml_collections.ConfigDict()
+    # False: the config's data must be the checkpoint's (source, subsampling, selection); True: evaluate on
+    # other data, with the many/medium/few-shot groups of the checkpoint's training split.
+    config.eval.other_data = False
+
     # --- run ------------------------------------------------------------------------------------
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000  # and always at the last step.

@@ -5,10 +5,13 @@ written on 8 devices loads on 1 and the reverse. Metadata is read first, so a ch
 model is refused with a clear message before Orbax sees mismatched shapes.
 """
 
+import logging
 import pathlib
+import zlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Config fields that fix the shapes of the saved state: they must match to restore. Fields that only change
@@ -22,6 +25,20 @@ ADDED_FIELD_DEFAULTS = {"safa.delta_channels": -1}
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was written by a different model or dataset than the one asked for."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint's files cannot be read, or its arrays differ from the checksums recorded at save."""
+
+
+def state_checksums(state) -> dict[str, int]:
+    """CRC-32 of every array of `state`, by its path in the tree: recorded at save, verified at restore.
+
+    Why: a few flipped bytes in an array file restore silently (a NaN or 7e37 among the weights).
+    """
+    host = jax.device_get(state)
+    return {jax.tree_util.keystr(path): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
+            for path, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
 
 
 class Checkpoints:
@@ -40,20 +57,42 @@ class Checkpoints:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, metadata: dict[str, Any]) -> None:
+        metadata = dict(metadata, checksums=state_checksums(state))
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)), force=True)
 
     def metadata(self, step: int) -> dict[str, Any]:
         self._require(step)
-        restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-        return dict(restored["metadata"])
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+            metadata = dict(restored["metadata"])
+        except Exception as error:  # noqa: BLE001  (Orbax raises many kinds for unreadable files)
+            raise CheckpointCorruptError(f"the metadata of checkpoint step {step} cannot be read "
+                                         f"({self.directory / str(step) / 'metadata'}): {_first_line(error)}") from None
+        if "config" not in metadata or "split" not in metadata:
+            raise CheckpointCorruptError(f"the metadata of checkpoint step {step} "
+                                         f"({self.directory / str(step) / 'metadata'}) lacks its config or split")
+        return metadata
 
-    def restore(self, step: int, abstract_state) -> Any:
-        """Restores the state at `step` into the shapes and shardings of `abstract_state`."""
+    def restore(self, step: int, abstract_state, checksums: dict[str, int] | None = None) -> Any:
+        """Restores the state at `step` into the shapes and shardings of `abstract_state`, and verifies it against
+        `checksums` (from the step's metadata; None for checkpoints written before checksums were recorded)."""
         self._require(step)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-        return restored["state"]
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state)))["state"]
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory} cannot be read: "
+                                         f"{_first_line(error)}") from None
+        if checksums is not None:
+            differing = [path for path, crc in state_checksums(restored).items() if checksums.get(path) != crc]
+            if differing:
+                raise CheckpointCorruptError(
+                    f"checkpoint step {step} in {self.directory} is corrupt: {len(differing)} arrays differ from "
+                    f"the checksums recorded when it was saved, first {differing[0]}")
+        else:
+            logging.info("Checkpoint step %d has no recorded checksums (written by an older version)", step)
+        return restored
 
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk (call before exit)."""
@@ -97,3 +136,8 @@ def check_compatible(saved_config: dict[str, Any], config_dict: dict[str, Any], 
         raise CheckpointMismatchError(
             f"the checkpoint in {where} was written by a different model or dataset:\n  "
             + "\n  ".join(diffs))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"

@@ -64,6 +64,15 @@ def validate_config(config) -> None:
     if len(optim.decay_epochs) != len(optim.decay_factors):
         raise ValueError(f"config.optim.decay_epochs {tuple(optim.decay_epochs)} and "
                          f"config.optim.decay_factors {tuple(optim.decay_factors)} must have the same length")
+    late = [e for e in optim.decay_epochs if e >= config.num_epochs]
+    if late:
+        raise ValueError(f"config.optim.decay_epochs={tuple(optim.decay_epochs)} has {tuple(late)} at or past "
+                         f"config.num_epochs={config.num_epochs}: the rate would never decay there; "
+                         "allowed: epochs below num_epochs")
+    if config.loss.train_rule in ("drw", "drs") and config.loss.second_stage_epoch >= config.num_epochs:
+        raise ValueError(f"config.loss.second_stage_epoch={config.loss.second_stage_epoch} is not before "
+                         f"config.num_epochs={config.num_epochs}: config.loss.train_rule={config.loss.train_rule!r} "
+                         "would never switch on; allowed: second_stage_epoch < num_epochs")
     if optim.learning_rate <= 0 or optim.weight_decay < 0 or not 0 <= optim.momentum < 1:
         raise ValueError("config.optim needs learning_rate > 0, weight_decay >= 0 and 0 <= momentum < 1; "
                          f"got {optim.learning_rate}, {optim.weight_decay}, {optim.momentum}")

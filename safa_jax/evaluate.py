@@ -92,12 +92,37 @@ def count_correct(predict: Callable, params, batch_stats, data: "LongTailedData 
     return correct, total
 
 
-def evaluate_state(experiment: Experiment, state: TrainState, predict: Callable) -> dict[str, Any]:
-    """Accuracy summary of the state's backbone on the experiment's test split."""
+def evaluate_state(experiment: Experiment, state: TrainState, predict: Callable,
+                   train_class_counts: Any = None) -> dict[str, Any]:
+    """Accuracy summary of the state's backbone on the experiment's test split; many/medium/few-shot groups from
+    `train_class_counts` (default the experiment's training split)."""
     data = experiment.data
     correct, total = count_correct(predict, state.params["backbone"], state.batch_stats["backbone"], data,
                                    experiment.config.eval_batch_size, experiment.mesh)
-    return metrics.accuracy_summary(correct, total, data.class_counts, int(state.step))
+    counts = data.class_counts if train_class_counts is None else np.asarray(train_class_counts)
+    return metrics.accuracy_summary(correct, total, counts, int(state.step))
+
+
+# The config fields that decide which training split a run had: evaluation against a checkpoint must agree on them.
+SPLIT_FIELDS = ("data.source", "data.subsample", "data.imbalance_factor", "data.selection", "data.selection_seed")
+
+
+def check_same_data(saved: dict[str, Any], config: ml_collections.ConfigDict, where: pathlib.Path) -> None:
+    """Refuses to evaluate with data other than the checkpoint's, unless `config.eval.other_data` asks for it."""
+    if config.eval.other_data:
+        return
+    recorded = saved["config"]
+    differing = []
+    for dotted in SPLIT_FIELDS:
+        section, name = dotted.split(".")
+        then, now = recorded.get(section, {}).get(name), config[section][name]
+        if then is not None and then != now:
+            differing.append(f"{dotted}: checkpoint {then!r}, config {now!r}")
+    if differing:
+        raise ValueError(f"the checkpoint in {where} was trained on other data than this config names:\n  "
+                         + "\n  ".join(differing)
+                         + "\nEvaluate with the run's own config, or pass --config.eval.other_data=True to evaluate "
+                           "on this config's data (shot groups stay those of the checkpoint's training split).")
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -108,14 +133,24 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     `mesh` and `data` default to all devices and `config.data`; tests pass small ones.
     """
     workdir = pathlib.Path(workdir)
+    if not (workdir / "checkpoints").is_dir():  # Checked before Orbax, which would create the folder.
+        raise FileNotFoundError(f"no checkpoint to evaluate in {workdir / 'checkpoints'}")
     checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
-    if checkpoints.latest_step() is None:
+    step = checkpoints.latest_step() if step is None else step
+    if step is None:
         raise FileNotFoundError(f"no checkpoint to evaluate in {checkpoints.directory}")
+    saved = checkpoints.metadata(step)
+    check_same_data(saved, config, checkpoints.directory)
     experiment, state = build_experiment(config, mesh=mesh, data=data)
+    recorded_names = tuple(saved["split"]["class_names"])
+    if not config.eval.other_data and recorded_names != tuple(experiment.data.class_names):
+        raise ValueError(f"the checkpoint in {checkpoints.directory} was trained on the classes {recorded_names}, "
+                         f"the data has {tuple(experiment.data.class_names)}; pass --config.eval.other_data=True "
+                         "to evaluate anyway")
     state = restore_if_any(experiment, checkpoints, state, step)
     predict = make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std,
                               compute_dtype=experiment.config.model.compute_dtype)
-    summary = evaluate_state(experiment, state, predict)
+    summary = evaluate_state(experiment, state, predict, train_class_counts=saved["split"]["class_counts"])
     if jax.process_index() == 0:
         path = metrics.write_summary(summary, experiment.data.class_names, workdir)
         logging.info("Wrote %s", path)

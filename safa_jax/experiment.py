@@ -161,16 +161,29 @@ def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def restore_if_any(experiment: Experiment, checkpoints: checkpointing.Checkpoints, state: TrainState,
                    step: int | None = None) -> TrainState:
-    """The state of the latest (or the given) checkpoint, after checking it belongs to this model and split."""
-    step = checkpoints.latest_step() if step is None else step
-    if step is None:
+    """The state of the given checkpoint step, or, with `step=None`, of the newest intact one (a corrupt or
+    unreadable newer step is skipped with a warning); each checked to belong to this model and split."""
+    steps = sorted(checkpoints.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
         return state
-    saved = checkpoints.metadata(step)
-    checkpointing.check_compatible(saved["config"], config_record(experiment.config),
-                                   experiment.data.num_classes, len(saved["split"]["class_counts"]),
-                                   checkpoints.directory)
     abstract = checkpointing.abstract_like(state, sharding.replicated(experiment.mesh))
-    logging.info("Restoring checkpoint at step %d from %s", step, checkpoints.directory)
-    return checkpoints.restore(step, abstract)
-
-
+    problems = []
+    for candidate in steps:
+        try:
+            saved = checkpoints.metadata(candidate)
+            checkpointing.check_compatible(saved["config"], config_record(experiment.config),
+                                           experiment.data.num_classes, len(saved["split"]["class_counts"]),
+                                           checkpoints.directory)
+            logging.info("Restoring checkpoint at step %d from %s", candidate, checkpoints.directory)
+            restored = checkpoints.restore(candidate, abstract, saved.get("checksums"))
+        except checkpointing.CheckpointCorruptError as error:
+            if step is not None:
+                raise
+            logging.warning("Skipping checkpoint step %d: %s", candidate, error)
+            problems.append(str(error))
+            continue
+        if problems:
+            logging.warning("Resuming from checkpoint step %d, the newest intact one", candidate)
+        return restored
+    raise checkpointing.CheckpointCorruptError(
+        f"no intact checkpoint in {checkpoints.directory}: " + "; ".join(problems))

@@ -1,17 +1,15 @@
-"""Metric writing and progress reports, and the accuracy summaries of evaluation.
+"""Metric writing, and the accuracy summaries of evaluation.
 
 Metrics go to TensorBoard and readable logs through clu where clu and TensorFlow can be imported. Machines
-without them (a lent GPU machine has JAX but neither) get a small writer and progress reporter of our own,
-with the methods the train loop calls: scalars go to the log and, as JSON lines, to `metrics.jsonl` in the
-run folder.
+without them (a lent GPU machine has JAX but neither) get a small writer of our own, with the methods the
+train loop calls: scalars go to the log and, as JSON lines, to `metrics.jsonl` in the run folder. What a
+person sees while a run trains is safa_jax/console.py's.
 """
 
-import datetime
 import importlib
 import json
 import logging
 import pathlib
-import time
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -22,7 +20,6 @@ from safa_jax.data.longtail import shot_buckets
 
 METRICS_FILE = "metrics.jsonl"
 HPARAMS_FILE = "hparams.json"
-PROGRESS_EVERY_SECS = 30.0
 
 
 def _clu(module: str) -> ModuleType | None:
@@ -59,53 +56,12 @@ class JsonLinesWriter:
         """Nothing is buffered (every line is on disk when write_scalars returns); kept for clu's interface."""
 
 
-class ProgressLogger:
-    """Logs steps/s, percent done and the ETA, and writes `steps_per_sec`, at most every `every_secs`.
-
-    Called as `progress(step)` after every step, as clu's ReportProgress; the first call only starts the clock,
-    and the last step (`num_train_steps`) always reports.
-    """
-
-    def __init__(self, num_train_steps: int, writer, every_secs: float = PROGRESS_EVERY_SECS):
-        self.num_train_steps = num_train_steps
-        self.writer = writer
-        self.every_secs = every_secs
-        self._last: tuple[int, float] | None = None
-
-    def __call__(self, step: int, t: float | None = None) -> bool:
-        """Reports if due; `t` (seconds, default time.monotonic()) is for tests. Returns whether it reported."""
-        t = time.monotonic() if t is None else t
-        if self._last is None:
-            self._last = (step, t)
-            return False
-        last_step, last_t = self._last
-        due = t - last_t >= self.every_secs or step == self.num_train_steps
-        if step == last_step or not due:
-            return False
-        steps_per_sec = (step - last_step) / max(t - last_t, 1e-9)
-        eta = datetime.timedelta(seconds=round((self.num_train_steps - step) / steps_per_sec))
-        logging.info("%.1f steps/s, %.1f%% (%d/%d), ETA %s", steps_per_sec, 100.0 * step / self.num_train_steps,
-                     step, self.num_train_steps, eta)
-        self.writer.write_scalars(step, {"steps_per_sec": steps_per_sec})
-        self._last = (step, t)
-        return True
-
-
 def create_writer(workdir: str | pathlib.Path, *, is_main_process: bool):
     """TensorBoard event files and log lines on the main process; log lines only elsewhere (JSON lines without clu)."""
     metric_writers = _clu("metric_writers")
     if metric_writers is None:
         return JsonLinesWriter(workdir if is_main_process else None)
     return metric_writers.create_default_writer(str(workdir), just_logging=not is_main_process)
-
-
-def create_progress(num_train_steps: int, writer):
-    """Reports steps/s and the ETA every 30 s (called with the step number after every step)."""
-    periodic_actions = _clu("periodic_actions")
-    if periodic_actions is None:
-        return ProgressLogger(num_train_steps, writer)
-    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                           every_secs=PROGRESS_EVERY_SECS)
 
 
 def accuracy_summary(correct_per_class: np.ndarray, total_per_class: np.ndarray,

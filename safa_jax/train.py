@@ -6,6 +6,8 @@ the batches of an uninterrupted one. The step is compiled in two variants, befor
 features join the classification loss (their shapes differ); the host picks one per step.
 """
 
+import contextlib
+import datetime
 import functools
 import json
 import logging
@@ -20,7 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from safa_jax import checkpointing, epoch_log, evaluate, metrics, provenance, sharding
+from safa_jax import (checkpointing, console, curves, epoch_log, evaluate, metrics, provenance, run_lock, sharding,
+                      stop_signals)
 from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
@@ -37,8 +40,16 @@ EPOCH_ORDER_STREAM = 2**32 - 1
 GUARDED_METRICS = ("loss", "grad_norm")  # a NaN gradient corrupts the parameters even while the loss looks fine.
 
 
-class NonFiniteLossError(FloatingPointError):
+class TrainingStopped(Exception):
+    """Training stopped before its end; the message says why, where, and what is on disk."""
+
+
+class NonFiniteLossError(TrainingStopped):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class StoppedBySignal(TrainingStopped):
+    """SIGTERM or SIGINT: a checkpoint was saved at the current step."""
 
 
 class InMemoryInput:
@@ -209,10 +220,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                        data: LongTailedData | None = None) -> dict[str, Any]:
     """Trains (resuming from the run folder's latest checkpoint if any), evaluates, returns the final summary.
 
-    `mesh` and `data` default to all devices and `config.data`; tests pass small ones.
+    `mesh` and `data` default to all devices and `config.data`; tests pass small ones. Process 0 holds the
+    run folder's lock throughout (a local folder; see `run_lock`). SIGTERM/SIGINT stop after the current
+    step with a checkpoint there (`StoppedBySignal`).
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = run_lock.RunLock(workdir) if jax.process_index() == 0 and "://" not in str(workdir) else None
+    with lock or contextlib.nullcontext(), stop_signals.StopRequest() as stop:
+        return _train(config, workdir, mesh=mesh, data=data, stop=stop)
+
+
+def _train(config, workdir: pathlib.Path, *, mesh, data, stop: stop_signals.StopRequest) -> dict[str, Any]:
     experiment, state = build_experiment(config, mesh=mesh, data=data)
     config, data = experiment.config, experiment.data
     is_main = jax.process_index() == 0
@@ -227,6 +246,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                  count_params(state.params["safa"]) if "safa" in state.params else "off")
 
     checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+    try:
+        return _train_loop(experiment, state, checkpoints, workdir, stop)
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+
+
+def _train_loop(experiment: Experiment, state: TrainState, checkpoints: checkpointing.Checkpoints,
+                workdir: pathlib.Path, stop: stop_signals.StopRequest) -> dict[str, Any]:
+    config, data = experiment.config, experiment.data
+    is_main = jax.process_index() == 0
     state = restore_if_any(experiment, checkpoints, state)
     metadata = {"config": config_record(config), "split": split_record(data)}
     writer = metrics.create_writer(workdir, is_main_process=is_main)
@@ -238,15 +268,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps = {flag: make_train_step(experiment, batch_input, with_augmented=flag) for flag in (False, True)}
     predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std,
                                        compute_dtype=config.model.compute_dtype)
-    progress = metrics.create_progress(experiment.num_train_steps, writer)
+    out = console.Console(enabled=is_main)
+    progress = console.ProgressBar(experiment.num_train_steps, steps_per_epoch=experiment.steps_per_epoch,
+                                   batch_size=config.batch_size, writer=writer, console=out)
 
     spe = experiment.steps_per_epoch
-    last_saved = checkpoints.latest_step()
     pending: list[dict[str, jax.Array]] = []
     epoch_metrics: list[dict[str, jax.Array]] = []
     step = int(state.step)
     if is_main:
         provenance.record_start(workdir, start_step=step, device=jax.devices()[0].device_kind)
+    out.line(f"{workdir}: {config.model.name}{' + SAFA' if experiment.safa else ''}, {len(data.train_labels)} training "
+             f"images in {data.num_classes} classes, {experiment.num_train_steps} steps"
+             + (f"; resuming at step {step}" if step else ""))
     start_time = epoch_start = time.time()
     final = None
     while step < experiment.num_train_steps:
@@ -259,16 +293,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         progress(step)
         end_of_epoch = step % spe == 0
         last_step = step == experiment.num_train_steps
-        if step % config.log_every_steps == 0 or last_step:
+        # One process looks at its own signal flag every step; several agree on it at the logging steps.
+        single = jax.process_count() == 1
+        stop_for = stop.agreed(jax.process_count()) if single or step % config.log_every_steps == 0 else None
+        save_now = (step % config.checkpoint_every_steps == 0 or last_step or stop_for is not None
+                    or (end_of_epoch and _every(config.checkpoint_every_epochs, step // spe)))
+        # Log windows also end at every checkpoint, so a resumed run logs the same windows as an uninterrupted one.
+        if step % config.log_every_steps == 0 or last_step or save_now:
             summary = _means(pending)
             pending = []
-            _check_finite(summary, step, last_saved, checkpoints)
+            _check_finite(summary, step, checkpoints)
             writer.write_scalars(step, dict(summary, epoch=epoch))
-        if step % config.checkpoint_every_steps == 0 or last_step or (
-                end_of_epoch and _every(config.checkpoint_every_epochs, step // spe)):
-            _check_finite(_latest_loss(step_metrics), step, last_saved, checkpoints)
+            progress.loss = summary["loss"]
+        if save_now:
+            _check_finite(_latest_loss(step_metrics), step, checkpoints)
             checkpoints.save(step, state, metadata)
-            last_saved = step
+        if stop_for is not None:
+            checkpoints.wait()
+            writer.flush()
+            out.close()
+            raise StoppedBySignal(
+                f"{stop_for} at step {step} of {experiment.num_train_steps} (epoch {epoch}); the checkpoint of step "
+                f"{checkpoints.latest_step()} is in {checkpoints.directory}. Run the same command to resume.")
         if end_of_epoch or last_step:
             train_means = _means(epoch_metrics)  # Waits for the epoch's steps: train_seconds is their wall time.
             train_seconds = time.time() - epoch_start
@@ -278,15 +324,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 test = evaluate.evaluate_state(experiment, state, predict)
                 eval_seconds = time.time() - eval_start
                 writer.write_scalars(step, {f"test/{k}": v for k, v in test.items() if isinstance(v, float)})
+            images = len(epoch_metrics) * config.batch_size
             if is_main:
                 epoch_log.append_epoch(workdir, epoch_log.epoch_row(
-                    epoch=epoch, step=step, train_seconds=train_seconds,
-                    images=len(epoch_metrics) * config.batch_size, train_means=train_means, test=test,
-                    eval_seconds=eval_seconds))
+                    epoch=epoch, step=step, train_seconds=train_seconds, images=images, train_means=train_means,
+                    test=test, eval_seconds=eval_seconds))
+            out.line(console.epoch_summary(epoch, config.num_epochs, train_means, images / train_seconds, test))
             final = test if last_step else final
             epoch_metrics = []
             epoch_start = time.time()
     checkpoints.wait()
+    out.close()
     logging.info("Training done: %d steps in %.1f s this session", step, time.time() - start_time)
     if final is None:  # Nothing left to train (a finished run started again): evaluate what was restored.
         final = evaluate.evaluate_state(experiment, state, predict)
@@ -294,8 +342,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer.flush()
     if is_main:
         metrics.write_summary(final, data.class_names, workdir)
+        figure = curves.plot_training_curves(workdir)
+        out.line(f"{workdir}: trained to step {step} in {datetime.timedelta(seconds=round(time.time() - start_time))} "
+                 f"this session; results in eval_results.txt, curves in {figure.name}")
         epoch_log.mark_done(workdir, step)
-    checkpoints.close()
     return final
 
 
@@ -323,12 +373,14 @@ def _latest_loss(step_metrics: dict[str, jax.Array]) -> dict[str, float]:
     return {k: float(step_metrics[k]) for k in GUARDED_METRICS}
 
 
-def _check_finite(summary: dict[str, float], step: int, last_saved: int | None,
-                  checkpoints: checkpointing.Checkpoints) -> None:
+def _check_finite(summary: dict[str, float], step: int, checkpoints: checkpointing.Checkpoints) -> None:
+    """Raises NonFiniteLossError naming the checkpoint that really is on disk (pending saves finished first)."""
     bad = {k: summary[k] for k in GUARDED_METRICS if not np.isfinite(summary[k])}
     if bad:
-        kept = (f"the last good checkpoint (step {last_saved}) is kept in {checkpoints.directory}"
-                if last_saved is not None else "no checkpoint had been written yet")
+        checkpoints.wait()
+        on_disk = checkpoints.latest_step()
+        kept = (f"the last good checkpoint (step {on_disk}) is kept in {checkpoints.directory}"
+                if on_disk is not None else "no checkpoint had been written yet")
         described = ", ".join(f"{k} became {v}" for k, v in bad.items())
         raise NonFiniteLossError(
             f"training stopped at step {step}: {described}. {kept}. "

@@ -32,6 +32,7 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from configs import common
 from safa_jax import checkpointing, evaluate, sharding
 from safa_jax.data.device_pipeline import normalize, to_unit_float
 from safa_jax.data.longtail import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, shot_buckets
@@ -71,11 +72,21 @@ class FeatureSet:
 
 
 def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The resolved config a run recorded in config.json, with JSON's lists turned back into tuples."""
+    """The resolved config a run recorded in config.json, with JSON's lists turned back into tuples, over the
+    current defaults: a field added after the run was written takes its default, which keeps the old behaviour."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {path.parent}: --workdir must be a run folder written by training.")
-    return ml_collections.ConfigDict(_lists_to_tuples(json.loads(path.read_text())))
+    merged = _merged(common.get_config().to_dict(), _lists_to_tuples(json.loads(path.read_text())))
+    return ml_collections.ConfigDict(merged)
+
+
+def _merged(defaults: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in recorded.items():
+        out[key] = _merged(defaults[key], value) if isinstance(value, dict) and isinstance(defaults.get(key), dict) \
+            else value
+    return out
 
 
 def _lists_to_tuples(value: Any) -> Any:
@@ -171,7 +182,8 @@ def _augmented_features(experiment: Experiment, state: TrainState, target: int, 
         modules = experiment.safa.merge(params["safa"], batch_stats["safa"])
         x = normalize(to_unit_float(batch), mean, std)
         out = safa_augment(modules, model.lower(x, stage, train=False), batch_labels, is_head_class, key,
-                           num_slots=safa_config.num_slots, safa_config=safa_config, train=True)
+                           num_slots=safa_config.num_slots, safa_config=safa_config, train=True,
+                           class_counts=np.asarray(experiment.data.class_counts, np.float32))
         return model.upper(out.features, stage, train=False), out.labels, out.weights > 0
 
     data = experiment.data
@@ -331,10 +343,11 @@ def visualize_run(workdir: str | pathlib.Path, *, checkpoint_step: int | None = 
     config = load_run_config(workdir)
     checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
     try:
-        if checkpoints.latest_step() is None:
+        step = checkpoints.latest_step() if checkpoint_step is None else checkpoint_step
+        if step is None:
             raise FileNotFoundError(f"no checkpoint to visualise in {checkpoints.directory}")
         experiment, state = build_experiment(config, data=data, mesh=mesh)
-        state = restore_if_any(experiment, checkpoints, state, checkpoint_step)
+        state = restore_if_any(experiment, checkpoints, state, step)
     finally:
         checkpoints.close()
     summary = run_accuracy_summary(workdir, experiment, state)

@@ -166,33 +166,11 @@ def test_json_lines_writer_of_other_processes_only_logs(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_progress_logger_reports_steps_per_second_and_eta(caplog):
-    class Recorder:
-        def __init__(self):
-            self.calls = []
-
-        def write_scalars(self, step, scalars):
-            self.calls.append((step, scalars))
-
-    recorder = Recorder()
-    progress = metrics.ProgressLogger(100, recorder, every_secs=30.0)
-    caplog.set_level("INFO")
-    assert not progress(1, t=100.0)  # the first call starts the clock
-    assert not progress(20, t=120.0)  # 20 s < 30 s
-    assert progress(61, t=130.0)  # 60 steps in 30 s: 2.0 steps/s; (100 - 61) / 2 = 19.5 s left
-    assert "2.0 steps/s, 61.0% (61/100), ETA 0:00:20" in caplog.text
-    assert not progress(62, t=131.0)
-    assert progress(100, t=135.0)  # the last step always reports: 39 steps in 5 s
-    assert recorder.calls == [(61, {"steps_per_sec": 2.0}), (100, {"steps_per_sec": 7.8})]
-
-
-def test_writer_and_progress_fall_back_where_clu_cannot_be_imported(tmp_path, monkeypatch):
-    for module in ("clu.metric_writers", "clu.periodic_actions"):
-        monkeypatch.setitem(sys.modules, module, None)
+def test_writer_falls_back_where_clu_cannot_be_imported(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "clu.metric_writers", None)
     writer = metrics.create_writer(tmp_path, is_main_process=True)
     assert isinstance(writer, metrics.JsonLinesWriter) and writer.directory == tmp_path
     assert metrics.create_writer(tmp_path, is_main_process=False).directory is None
-    assert isinstance(metrics.create_progress(10, writer), metrics.ProgressLogger)
 
 
 # --- the GPU payload and the device script ---------------------------------------------------------------

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -147,3 +148,132 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         evaluate_checkpoint(tiny_config(model__width=8), tmp_path, mesh=mesh, data=data)
     with pytest.raises(FileNotFoundError, match="step 99"):
         evaluate_checkpoint(tiny_config(), tmp_path, step=99, mesh=mesh, data=data)
+
+
+# --- stops, locks, corrupt checkpoints and bad input (one line each) -----------------------------
+
+
+def _last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_bad_command_lines_are_one_line_before_any_work(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["--config.foo=1"], "safa_jax: error: unknown config field --config.foo"),
+        (["--config.safa.nope=1"], "safa_jax: error: unknown config field --config.safa.nope"),
+        (["--config=configs/nope.py"], "safa_jax: error: the config file configs/nope.py does not exist"),
+        ([f"--workdir={afile}"], f"safa_jax: error: --workdir={afile} is a file, not a folder"),
+        ([f"--workdir={tmp_path / 'none'}", "--mode=eval"], "does not exist: there is no run to evaluate"),
+        (["--config.optim.decay_epochs=(10,40)", "--config.num_epochs=30"],
+         "config.optim.decay_epochs=(10, 40) has (40,) at or past config.num_epochs=30"),
+        (["--config.loss.train_rule=drw", "--config.loss.second_stage_epoch=30"],
+         "config.loss.second_stage_epoch=30 is not before config.num_epochs=30"),
+    ]
+    for args, message in cases:
+        result = run_cli([f"--workdir={tmp_path / 'run'}", *args])
+        assert result.returncode != 0
+        assert message in _last_line(result), (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, args
+    assert not (tmp_path / "none").exists()  # evaluation creates no folder
+
+
+def test_nan_stop_names_the_checkpoint_on_disk(tmp_path):
+    workdir = tmp_path / "run"
+    result = run_cli(["--config=configs/digits_lt.py", f"--workdir={workdir}", *TINY_FLAGS,
+                      "--config.num_train_steps=20", "--config.checkpoint_every_steps=1",
+                      "--config.optim.learning_rate=1e6"])
+    assert result.returncode != 0
+    line = _last_line(result)
+    assert "training stopped at step" in line and "Traceback" not in result.stderr
+    kept = int(line.split("last good checkpoint (step ")[1].split(")")[0])
+    assert (workdir / "checkpoints" / str(kept)).is_dir()
+    assert not list((workdir / "checkpoints").glob("*tmp*"))
+
+
+def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path):
+    """SIGTERM mid-run: a checkpoint at the step it stopped, one line, and the same command finishes the run
+    with the result of an uninterrupted one."""
+    import signal
+    import time
+    args = ["--config=configs/digits_lt.py", "--config.model.width=4", "--config.model.blocks_per_stage=1",
+            "--config.data.image_size=8", "--config.num_epochs=30", "--config.log_every_steps=1"]
+    straight = run_cli([*args, f"--workdir={tmp_path / 'straight'}"])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    workdir = tmp_path / "stopped"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-m", "safa_jax.main", *args, f"--workdir={workdir}"], cwd=REPO,
+                             env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (workdir / "epochs.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode != 0
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("safa_jax: stopped: SIGTERM at step ") and "Run the same command to resume" in line
+    stopped_at = int(line.split("SIGTERM at step ")[1].split()[0])
+    assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
+    resumed = run_cli([*args, f"--workdir={workdir}"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "straight" / "eval_results.json").read_text())
+    b = json.loads((workdir / "eval_results.json").read_text())
+    assert a["per_class_accuracy"] == b["per_class_accuracy"] and a["step"] == b["step"]
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    from safa_jax.run_lock import RunLock
+    with RunLock(tmp_path):
+        result = run_cli([f"--workdir={tmp_path}", "--config.num_train_steps=1"])
+    assert result.returncode != 0
+    assert f"is being trained by pid {os.getpid()} on host" in _last_line(result)
+    with RunLock(tmp_path):  # released when its holder let go
+        pass
+
+
+def _corrupt_arrays(step_dir: pathlib.Path) -> None:
+    """Flips ten bytes in the middle of the largest array file of a checkpoint."""
+    biggest = max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    middle = len(data) // 2
+    for i in range(10):
+        data[middle + i] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+
+
+def test_a_corrupt_latest_checkpoint_is_an_error_for_eval_and_skipped_on_resume(tmp_path):
+    config = tiny_config(num_train_steps=6, checkpoint_every_steps=3)
+    data = tiny_data()
+    from safa_jax import checkpointing, sharding
+    from safa_jax.evaluate import evaluate_checkpoint
+    from safa_jax.experiment import restore_if_any
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    from safa_jax.train import train_and_evaluate
+    train_and_evaluate(config, tmp_path, mesh=mesh, data=data)
+    _corrupt_arrays(tmp_path / "checkpoints" / "6")
+    with pytest.raises(checkpointing.CheckpointCorruptError, match="step 6"):
+        evaluate_checkpoint(config, tmp_path, mesh=mesh, data=data)
+    experiment, state = build_experiment(config, mesh=mesh, data=data)
+    checkpoints = checkpointing.Checkpoints(tmp_path)
+    restored = restore_if_any(experiment, checkpoints, state)
+    assert int(restored.step) == 3  # the newest intact one
+    _corrupt_arrays(tmp_path / "checkpoints" / "3")
+    with pytest.raises(checkpointing.CheckpointCorruptError, match="no intact checkpoint in"):
+        restore_if_any(experiment, checkpoints, state)
+    checkpoints.close()
+
+
+def test_eval_refuses_a_config_with_other_data(tmp_path):
+    from safa_jax import sharding
+    from safa_jax.evaluate import evaluate_checkpoint
+    from safa_jax.train import train_and_evaluate
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    data = tiny_data()
+    trained = train_and_evaluate(tiny_config(num_train_steps=3), tmp_path, mesh=mesh, data=data)
+    other = tiny_config(num_train_steps=3, data__imbalance_factor=2.0)
+    with pytest.raises(ValueError, match="data.imbalance_factor: checkpoint 100.0, config 2.0"):
+        evaluate_checkpoint(other, tmp_path, mesh=mesh, data=data)
+    allowed = tiny_config(num_train_steps=3, data__imbalance_factor=2.0, eval__other_data=True)
+    again = evaluate_checkpoint(allowed, tmp_path, mesh=mesh, data=data)
+    assert again["train_class_counts"] == trained["train_class_counts"]

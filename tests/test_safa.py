@@ -178,8 +178,8 @@ def test_mixed_batch_gives_valid_slots_with_tail_labels_and_finite_terms(modules
     assert output.features.shape == (4, SIZE, SIZE, CHANNELS)
     np.testing.assert_array_equal(output.weights, np.ones(4))
     assert not np.any(IS_HEAD_CLASS[np.asarray(output.labels)])
-    assert {name: int(count) for name, count in output.stats.items()} == {
-        "valid_slots": 4, "head_pairs": 5, "tail_samples": 3}
+    counts = ("valid_slots", "head_pairs", "tail_samples")
+    assert {name: int(output.stats[name]) for name in counts} == {"valid_slots": 4, "head_pairs": 5, "tail_samples": 3}
     for value in (*output.terms.values(), *output.parts.values()):
         assert np.isfinite(float(value)) and float(value) > 0.0
 

@@ -169,6 +169,7 @@ def test_safa_start_epoch_at_or_past_the_end_is_refused():
     config = get_config()
     config.safa.enabled = True
     config.num_epochs, config.safa.start_epoch = 30, 40
+    config.optim.decay_epochs, config.loss.second_stage_epoch = (20, 25), 20
     with pytest.raises(ValueError, match="config.safa.start_epoch=40 is not before config.num_epochs=30"):
         validate_config(config)
     config.safa.enabled = False  # the baseline never reads it.
