@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.head = "auto"  # "linear" | "normed" | "auto" (normed for LDAM, linear otherwise).
     # Backbone weights to start from (a folder written by `python -m safa_jax.convert_torchvision`); "" = random.
     config.model.init_checkpoint = ""
+    config.model.allow_random_init = True  # False (recipes published from pretrained weights): init_checkpoint needed.
     # Dtype of the forward pass: "float32" | "bfloat16". bfloat16 computes in bfloat16 but keeps the parameters,
     # optimizer state and BatchNorm statistics float32 and the losses in float32 (the usual choice on TPUs
     # and H100s; safa_jax/precision.py). Checkpoints are float32 either way.

@@ -9,7 +9,9 @@ from configs import large_scale
 
 
 def get_config(lists_dir: str | None = None):
-    return large_scale.large_scale_config(
+    config = large_scale.large_scale_config(
         source=f"imagenet_lt:{lists_dir or 'data/ImageNet_LT'}", model="resnet50", epochs=100, learning_rate=0.1,
         warmup_epochs=5, decay_epochs=(60, 80, 95), weight_decay=2e-4, ldam_max_margin=0.3, ldam_scale=30.0,
         second_stage_epoch=80)
+    config.data.color_jitter = 0.4  # RSG's ImageNet-LT training transform: ColorJitter(0.4, 0.4, 0.4, 0).
+    return config

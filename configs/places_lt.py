@@ -15,4 +15,7 @@ def get_config(lists_dir: str | None = None):
         source=f"places_lt:{lists_dir or 'data/Places_LT'}", model="resnet152", epochs=30, learning_rate=0.01,
         warmup_epochs=0, decay_epochs=(10, 20), weight_decay=1e-4, ldam_max_margin=0.2, ldam_scale=50.0,
         second_stage_epoch=10)
+    # RSG's published Places-LT numbers start from ImageNet weights: without model.init_checkpoint the run is
+    # refused unless --config.model.allow_random_init=True says random weights are meant.
+    config.model.allow_random_init = False
     return config

@@ -44,6 +44,10 @@ def validate_config(config) -> None:
         if recorded != config.model.name:
             raise ValueError(f"config.model.init_checkpoint={config.model.init_checkpoint!r} holds {recorded} "
                              f"weights, but config.model.name={config.model.name!r}")
+    if not config.model.init_checkpoint and not config.model.allow_random_init:
+        raise ValueError("this recipe trains from pretrained weights and config.model.init_checkpoint is empty: give "
+                         "a folder written by `python -m safa_jax.convert_torchvision`, or pass "
+                         "--config.model.allow_random_init=True to train from random weights")
     _positive_int(config.model.blocks_per_stage, "model.blocks_per_stage")
     Precision.from_config(config.model)  # Names an unknown compute_dtype and the allowed ones.
     validate_conv_backend(config.model)

@@ -117,3 +117,14 @@ def leaf(tree, path):
     for key in path:
         tree = tree[key]
     return np.asarray(jax.device_get(tree))
+
+
+def test_recipe_details_match_rsg():
+    """Places-LT is refused without ImageNet weights unless random ones are asked for; ImageNet-LT jitters colour."""
+    from safa_jax.config_checks import validate_config
+    config = places_lt.get_config()
+    with pytest.raises(ValueError, match="trains from pretrained weights.*allow_random_init=True"):
+        validate_config(config)
+    config.model.allow_random_init = True
+    validate_config(config)
+    assert imagenet_lt.get_config().data.color_jitter == 0.4

@@ -102,3 +102,21 @@ def test_shot_buckets_use_the_100_and_20_thresholds():
     assert buckets["many"].tolist() == [True, True, False, False, False, False]
     assert buckets["medium"].tolist() == [False, False, True, True, False, False]
     assert buckets["few"].tolist() == [False, False, False, False, True, True]
+
+
+def test_an_already_long_tailed_source_is_warned_about_before_subsampling(caplog):
+    import ml_collections
+    from safa_jax.data.longtail import training_subset
+    config = ml_collections.ConfigDict({"source": "folder:mine", "subsample": True, "imbalance_factor": 1.0,
+                                        "selection": "first", "selection_seed": 0})
+    labels = np.repeat([0, 1, 2], [300, 100, 30])  # 10x between the largest and the smallest class
+    with caplog.at_level("WARNING"):
+        ids = training_subset(labels, ("a", "b", "c"), config)
+    assert len(ids) == 90  # rho=1 from the smallest class: 30 of each
+    assert ("data.source='folder:mine' is already long-tailed (30 to 300 training images per class); subsampling "
+            "it to data.imbalance_factor=1 from the smallest class keeps 90 of its 430 images. "
+            "data.subsample=False trains on it as it is.") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        training_subset(np.repeat([0, 1, 2], [100, 90, 60]), ("a", "b", "c"), config)  # within 2x: no warning
+    assert caplog.text == ""

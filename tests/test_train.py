@@ -117,6 +117,21 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
     results = json.loads((tmp_path / "resumed" / "eval_results.json").read_text())
     assert results["step"] == 7
+    # The logged windows too: each ends at a multiple of log_every_steps and at every checkpoint, so the
+    # resumed run's curves are the uninterrupted run's (steps 2, 3, 4, 6, 7 here).
+    assert _logged(tmp_path / "straight", "loss") == _logged(tmp_path / "resumed", "loss")
+    assert [step for step, _ in _logged(tmp_path / "straight", "loss")] == [2, 3, 4, 6, 7]
+
+
+def _logged(workdir, tag):
+    """(step, value) of a scalar in a run folder's TensorBoard event files (all sessions)."""
+    from tensorboard.backend.event_processing import event_accumulator
+    events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    if tag in events.Tags().get("scalars", []):
+        return [(e.step, round(e.value, 5)) for e in events.Scalars(tag)]
+    import tensorflow as tf
+    return [(e.step, round(float(tf.make_ndarray(e.tensor_proto)), 5)) for e in events.Tensors(tag)]
 
 
 def test_train_batches_visit_each_example_once_per_epoch():

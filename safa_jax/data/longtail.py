@@ -13,12 +13,15 @@ common variants are here and the chosen indices are returned for the run to reco
 Numpy only: this runs on the host before anything is sent to a device.
 """
 
+import logging
+
 import numpy as np
 
 SELECTIONS = ("ldam", "first", "random")
 
 MANY_SHOT_ABOVE = 100  # many-shot: more than 100 training images.
 FEW_SHOT_BELOW = 20  # few-shot: fewer than 20; medium-shot is 20..100 inclusive.
+ALREADY_LONG_TAILED = 2.0  # a source whose largest class is over 2x its smallest is warned about before subsampling.
 
 
 def longtail_class_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarray:
@@ -62,6 +65,12 @@ def training_subset(labels: np.ndarray, class_names: tuple[str, ...], data_confi
         raise ValueError(f"class {empty} ({class_names[empty]!r}) of data.source={data_config.source!r} has no "
                          f"training images; subsampling needs every class (or data.subsample=False).")
     counts = longtail_class_counts(int(class_counts.min()), len(class_names), data_config.imbalance_factor)
+    if class_counts.max() > ALREADY_LONG_TAILED * class_counts.min():
+        logging.warning(
+            "data.source=%r is already long-tailed (%d to %d training images per class); subsampling it to "
+            "data.imbalance_factor=%g from the smallest class keeps %d of its %d images. "
+            "data.subsample=False trains on it as it is.", data_config.source, class_counts.min(),
+            class_counts.max(), data_config.imbalance_factor, int(counts.sum()), len(labels))
     return select_longtail(labels, counts, data_config.selection, data_config.selection_seed)
 
 
