@@ -58,7 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- base loss ------------------------------------------------------------------------------
     config.loss = ml_collections.ConfigDict()
-    config.loss.name = "ce"  # "ce" | "focal" | "ldam"
+    # "ce" | "focal" | "ldam" | "balanced_softmax" (CE on logits + log n_j) | "logit_adjusted" (CE on
+    # logits + la_tau * log prior; at la_tau = 1 the same loss as balanced_softmax).
+    config.loss.name = "ce"
     # "none" | "reweight" (class-balanced weights from the start) | "resample" (class-balanced
     # sampling from the start) | "drw" (deferred re-weighting) | "drs" (deferred re-sampling).
     config.loss.train_rule = "none"
@@ -67,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.focal_gamma = 1.0
     config.loss.ldam_max_margin = 0.5
     config.loss.ldam_scale = 30.0
+    config.loss.la_tau = 1.0  # tau of the logit-adjusted loss.
 
     # --- optimisation ---------------------------------------------------------------------------
     config.batch_size = 128  # global batch, independent of the device count.
@@ -115,6 +118,10 @@ def get_config() -> ml_collections.ConfigDict:
     # False: the config's data must be the checkpoint's (source, subsampling, selection); True: evaluate on
     # other data, with the many/medium/few-shot groups of the checkpoint's training split.
     config.eval.other_data = False
+    # Post-hoc adjustment of any trained model: "none", or "logit_adjust" (argmax of logits - tau * log prior,
+    # the prior from the checkpoint's training split; Menon et al.).
+    config.eval.posthoc = "none"
+    config.eval.tau = 1.0
 
     # --- run ------------------------------------------------------------------------------------
     config.log_every_steps = 50

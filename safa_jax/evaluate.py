@@ -19,6 +19,7 @@ from safa_jax import checkpointing, metrics, sharding
 from safa_jax.data.device_pipeline import normalize, to_unit_float
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import Experiment, build_experiment, restore_if_any
+from safa_jax.losses.base import log_class_prior
 from safa_jax.precision import Precision
 from safa_jax.state import NnxBridge, TrainState
 
@@ -43,11 +44,17 @@ def make_predict_fn(backbone: NnxBridge, mean, std, *, compute_dtype: str = "flo
     return predict
 
 
-def make_count_fn(predict: Callable, num_classes: int, mesh: Mesh) -> Callable:
-    """jit(params, batch_stats, images, labels, mask) -> per-class (correct, total), replicated on every process."""
+def make_count_fn(predict: Callable, num_classes: int, mesh: Mesh, logit_offset: Any = None) -> Callable:
+    """jit(params, batch_stats, images, labels, mask) -> per-class (correct, total), replicated on every process.
+
+    `logit_offset` (K,): subtracted from the logits before the argmax (post-hoc logit adjustment)."""
+    offset = None if logit_offset is None else jnp.asarray(logit_offset, jnp.float32)
 
     def count(params, batch_stats, images, labels, mask):
-        hits = (jnp.argmax(predict(params, batch_stats, images), axis=-1) == labels) & mask
+        logits = predict(params, batch_stats, images)
+        if offset is not None:
+            logits = logits - offset
+        hits = (jnp.argmax(logits, axis=-1) == labels) & mask
         correct = jax.ops.segment_sum(hits.astype(jnp.int32), labels, num_segments=num_classes)
         total = jax.ops.segment_sum(mask.astype(jnp.int32), labels, num_segments=num_classes)
         return correct, total
@@ -68,14 +75,14 @@ def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> I
 
 
 def count_correct(predict: Callable, params, batch_stats, data: "LongTailedData | StreamingData",
-                  batch_size: int, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int, mesh: Mesh, logit_offset: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-class (correct, total) over the whole test split, each example counted exactly once.
 
     In-memory data: every process holds the whole test set and places each padded batch globally.
     Streamed data: each process reads its own slice of every batch.
     """
     batch_size = sharding.padded_batch_size(batch_size, mesh)
-    count = make_count_fn(predict, data.num_classes, mesh)
+    count = make_count_fn(predict, data.num_classes, mesh, logit_offset)
     if isinstance(data, LongTailedData):
         batches = padded_batches(data.test_images, data.test_labels, batch_size)
         place = lambda batch: sharding.put_global(batch, sharding.batch_sharded(mesh))  # noqa: E731
@@ -93,12 +100,12 @@ def count_correct(predict: Callable, params, batch_stats, data: "LongTailedData 
 
 
 def evaluate_state(experiment: Experiment, state: TrainState, predict: Callable,
-                   train_class_counts: Any = None) -> dict[str, Any]:
+                   train_class_counts: Any = None, logit_offset: Any = None) -> dict[str, Any]:
     """Accuracy summary of the state's backbone on the experiment's test split; many/medium/few-shot groups from
-    `train_class_counts` (default the experiment's training split)."""
+    `train_class_counts` (default the experiment's training split); `logit_offset` as in `make_count_fn`."""
     data = experiment.data
     correct, total = count_correct(predict, state.params["backbone"], state.batch_stats["backbone"], data,
-                                   experiment.config.eval_batch_size, experiment.mesh)
+                                   experiment.config.eval_batch_size, experiment.mesh, logit_offset)
     counts = data.class_counts if train_class_counts is None else np.asarray(train_class_counts)
     return metrics.accuracy_summary(correct, total, counts, int(state.step))
 
@@ -150,9 +157,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     state = restore_if_any(experiment, checkpoints, state, step)
     predict = make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std,
                               compute_dtype=experiment.config.model.compute_dtype)
-    summary = evaluate_state(experiment, state, predict, train_class_counts=saved["split"]["class_counts"])
+    train_counts = saved["split"]["class_counts"]
+    posthoc, tau = config.eval.posthoc, config.eval.tau
+    offset = tau * log_class_prior(train_counts) if posthoc == "logit_adjust" else None
+    summary = evaluate_state(experiment, state, predict, train_class_counts=train_counts, logit_offset=offset)
+    stem = "eval_results"
+    if posthoc != "none":
+        summary = dict(summary, posthoc=posthoc, tau=tau)
+        stem = f"eval_results_{posthoc}_tau{tau:g}"  # beside the plain results, not over them
     if jax.process_index() == 0:
-        path = metrics.write_summary(summary, experiment.data.class_names, workdir)
+        path = metrics.write_summary(summary, experiment.data.class_names, workdir, stem=stem)
         logging.info("Wrote %s", path)
     checkpoints.close()
     return summary

@@ -42,7 +42,19 @@ def _focal(logits, labels, **kwargs):
     return base.focal_loss(logits, labels, gamma=1.0, **kwargs)
 
 
-ALL_LOSSES = {"ce": base.cross_entropy, "focal": _focal, "ldam": _ldam}
+LOG_PRIOR = base.log_class_prior([4, 2, 1])
+
+
+def _balanced_softmax(logits, labels, **kwargs):
+    return base.logit_adjusted_loss(logits, labels, log_prior=LOG_PRIOR, tau=1.0, **kwargs)
+
+
+def _logit_adjusted(logits, labels, **kwargs):
+    return base.logit_adjusted_loss(logits, labels, log_prior=LOG_PRIOR, tau=1.5, **kwargs)
+
+
+ALL_LOSSES = {"ce": base.cross_entropy, "focal": _focal, "ldam": _ldam, "balanced_softmax": _balanced_softmax,
+              "logit_adjusted": _logit_adjusted}
 
 
 def test_cross_entropy_plain_mean():
@@ -224,6 +236,10 @@ def test_make_base_loss_picks_the_named_loss(name):
         "focal": lambda: base.focal_loss(LOGITS, LABELS, gamma=1.0, class_weights=balanced),
         "ldam": lambda: base.ldam_loss(LOGITS, LABELS, margins=base.ldam_margins(counts, 0.5), scale=30.0,
                                        class_weights=balanced),
+        "balanced_softmax": lambda: base.cross_entropy(LOGITS + jnp.log(jnp.array(counts, jnp.float32)), LABELS,
+                                                       class_weights=balanced),
+        "logit_adjusted": lambda: base.logit_adjusted_loss(LOGITS, LABELS, log_prior=base.log_class_prior(counts),
+                                                           tau=1.0, class_weights=balanced),
     }[name]()
     made = base.make_base_loss(config, counts)(LOGITS, LABELS, None, 0)
     assert float(made) == pytest.approx(float(direct), rel=1e-6)
@@ -253,3 +269,31 @@ def test_default_config_is_valid():
     base.validate_loss_config(common.get_config().loss, None)
     with pytest.raises(ValueError, match="num_classes=0"):
         base.validate_loss_config(common.get_config().loss, 0)
+
+
+# --- logit adjustment and Balanced Softmax (hand-computed, 3 classes) -----------------------------------
+
+def test_logit_adjusted_loss_and_balanced_softmax_by_hand():
+    """Counts (60, 30, 10): log prior = log(0.6, 0.3, 0.1). One sample of class 2 with logits (1, 0, 0):
+    adjusted logits (1 + tau log .6, tau log .3, tau log .1); CE = -log softmax at class 2."""
+    counts = [60, 30, 10]
+    logits, labels = jnp.array([[1.0, 0.0, 0.0]]), jnp.array([2])
+    for tau in (0.0, 1.0, 2.0):
+        z = np.array([1.0 + tau * np.log(0.6), tau * np.log(0.3), tau * np.log(0.1)])
+        expected = -(z[2] - np.log(np.exp(z).sum()))
+        config = _loss_config("logit_adjusted")
+        config.la_tau = tau
+        loss = base.make_base_loss(config, counts)
+        np.testing.assert_allclose(loss(logits, labels, None, 0), expected, rtol=1e-6)
+    # Balanced Softmax: CE on logits + log n_j = (1 + log 60, log 30, log 10): the tau = 1 value.
+    z = np.array([1.0 + np.log(60.0), np.log(30.0), np.log(10.0)])
+    balanced = base.make_base_loss(_loss_config("balanced_softmax"), counts)
+    np.testing.assert_allclose(balanced(logits, labels, None, 0), -(z[2] - np.log(np.exp(z).sum())), rtol=1e-6)
+    np.testing.assert_allclose(base.log_class_prior(counts), np.log([0.6, 0.3, 0.1]), rtol=1e-6)
+
+
+def test_logit_adjusted_tau_must_not_be_negative():
+    config = _loss_config("logit_adjusted")
+    config.la_tau = -1.0
+    with pytest.raises(ValueError, match="config.loss.la_tau=-1.0 must be >= 0"):
+        base.validate_loss_config(config, 3)

@@ -277,3 +277,38 @@ def test_eval_refuses_a_config_with_other_data(tmp_path):
     allowed = tiny_config(num_train_steps=3, data__imbalance_factor=2.0, eval__other_data=True)
     again = evaluate_checkpoint(allowed, tmp_path, mesh=mesh, data=data)
     assert again["train_class_counts"] == trained["train_class_counts"]
+
+
+def test_balanced_softmax_trains_and_posthoc_logit_adjustment_evaluates(tmp_path):
+    """Through the command line: a Balanced Softmax run, then a post-hoc logit-adjusted evaluation of it, whose
+    accuracy equals argmax(logits - tau * log prior) computed here from the restored model."""
+    workdir = tmp_path / "run"
+    args = ["--config=configs/digits_lt.py", f"--workdir={workdir}", *TINY_FLAGS, "--config.loss.name=balanced_softmax"]
+    trained = run_cli(args)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    adjusted = run_cli([*args, "--mode=eval", "--config.eval.posthoc=logit_adjust", "--config.eval.tau=2.0"])
+    assert adjusted.returncode == 0, adjusted.stderr[-3000:]
+    results = json.loads((workdir / "eval_results_logit_adjust_tau2.json").read_text())
+    assert results["posthoc"] == "logit_adjust" and results["tau"] == 2.0
+    assert (workdir / "eval_results.json").exists()  # the plain results are kept beside
+
+    from safa_jax import checkpointing, evaluate
+    from safa_jax.losses.base import log_class_prior
+    from safa_jax.experiment import restore_if_any
+    from configs import digits_lt
+    config = digits_lt.get_config()
+    for flag in TINY_FLAGS:
+        dotted, value = flag[len("--config."):].split("=")
+        section, _, name = dotted.rpartition(".")
+        node = config[section] if section else config
+        node[name] = type(node[name])(value)
+    config.loss.name = "balanced_softmax"
+    experiment, state = build_experiment(config)
+    state = restore_if_any(experiment, checkpointing.Checkpoints(workdir), state)
+    predict = evaluate.make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std)
+    logits = np.asarray(predict(state.params["backbone"], state.batch_stats["backbone"], experiment.data.test_images))
+    prior = log_class_prior(experiment.data.class_counts)
+    hits = np.argmax(logits - 2.0 * prior, axis=-1) == experiment.data.test_labels
+    assert results["top1_accuracy"] == pytest.approx(100.0 * hits.mean())
+    bad = run_cli([*args, "--mode=eval", "--config.eval.posthoc=tau"])
+    assert "unknown config.eval.posthoc='tau'; allowed: none, logit_adjust" in _last_line(bad)

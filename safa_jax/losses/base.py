@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 import optax
 
-LOSS_NAMES = ("ce", "focal", "ldam")
+LOSS_NAMES = ("ce", "focal", "ldam", "balanced_softmax", "logit_adjusted")
 TRAIN_RULES = ("none", "reweight", "resample", "drw", "drs")
+POSTHOC = ("none", "logit_adjust")  # config.eval.posthoc: applied at evaluation (safa_jax/evaluate.py)
 
 # Rules that re-weight the loss, and rules that re-sample the data; DRW/DRS defer theirs.
 _REWEIGHT_RULES = ("reweight", "drw")
@@ -158,6 +159,32 @@ def ldam_loss(
                          class_weighted=class_weighted)
 
 
+def log_class_prior(class_counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """log pi_j = log(n_j / sum n): the training label distribution, as the logit-adjustment methods use it."""
+    counts = _validated_counts(class_counts)
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def logit_adjusted_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    log_prior: jax.Array,
+    tau: float,
+    class_weights: jax.Array | None = None,
+    sample_weights: jax.Array | None = None,
+    class_weighted: jax.Array | None = None,
+) -> jax.Array:
+    """Menon et al.'s logit-adjusted loss: cross-entropy of `logits + tau * log pi`.
+
+    Balanced Softmax (Ren et al.) is CE of `logits + log n_j`; log n_j and log pi_j differ by log(sum n), a
+    constant over classes that the softmax cancels, so Balanced Softmax is this loss at tau = 1.
+    """
+    adjusted = logits.astype(jnp.float32) + tau * jnp.asarray(log_prior, jnp.float32)
+    return cross_entropy(adjusted, labels, class_weights=class_weights, sample_weights=sample_weights,
+                         class_weighted=class_weighted)
+
+
 def _in_second_stage(loss_config: ml_collections.ConfigDict, epoch: jax.Array | int) -> jax.Array:
     """Whether the rule's weights/sampling are on at `epoch` (always for the non-deferred rules)."""
     if loss_config.train_rule in _DEFERRED_RULES:
@@ -208,6 +235,8 @@ def validate_loss_config(loss_config: ml_collections.ConfigDict, num_classes: in
         raise ValueError(f"config.loss.ldam_max_margin={loss_config.ldam_max_margin} must be > 0")
     if loss_config.ldam_scale <= 0:
         raise ValueError(f"config.loss.ldam_scale={loss_config.ldam_scale} must be > 0")
+    if loss_config.la_tau < 0:
+        raise ValueError(f"config.loss.la_tau={loss_config.la_tau} must be >= 0 (0 is plain cross-entropy)")
 
 
 def make_base_loss(loss_config: ml_collections.ConfigDict, class_counts: Sequence[int] | np.ndarray) -> BaseLoss:
@@ -221,6 +250,10 @@ def make_base_loss(loss_config: ml_collections.ConfigDict, class_counts: Sequenc
         class_balanced_weights(class_counts, loss_config.cb_beta)  # Fails here on an empty class, not when traced.
     if loss_config.name == "focal":
         loss_by_name = functools.partial(focal_loss, gamma=loss_config.focal_gamma)
+    elif loss_config.name in ("balanced_softmax", "logit_adjusted"):
+        tau = 1.0 if loss_config.name == "balanced_softmax" else loss_config.la_tau
+        loss_by_name = functools.partial(logit_adjusted_loss, log_prior=jnp.asarray(log_class_prior(class_counts)),
+                                         tau=tau)
     elif loss_config.name == "ldam":
         margins = jnp.asarray(ldam_margins(class_counts, loss_config.ldam_max_margin))
         loss_by_name = functools.partial(ldam_loss, margins=margins, scale=loss_config.ldam_scale)
