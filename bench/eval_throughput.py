@@ -16,7 +16,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
+from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+
+apply_cpu_process_settings()  # before JAX starts
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -20,7 +20,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
+from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+
+apply_cpu_process_settings()  # before JAX starts
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402

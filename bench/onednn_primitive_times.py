@@ -22,7 +22,9 @@ from collections.abc import Callable
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts; the machine line shows the children's flags)
+from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+
+apply_cpu_process_settings()  # before JAX starts
 
 START = "TIMED STEPS START"
 BATCH = 128  # configs/cifar10_lt.py's batch_size, which the JAX step uses

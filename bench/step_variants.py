@@ -22,7 +22,9 @@ from unittest import mock
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
+from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+
+apply_cpu_process_settings()  # before JAX starts
 
 from bench.common import machine_description, paired_ratio, timed_in_rounds, timed_rate  # noqa: E402
 from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_cifar_lt  # noqa: E402

@@ -28,7 +28,9 @@ from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import safa_jax  # noqa: E402,F401  (XLA flags before JAX starts)
+from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+
+apply_cpu_process_settings()  # before JAX starts
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-import safa_jax  # noqa: F401  (sets the CPU XLA flag before JAX starts)
+from safa_jax.process_settings import apply_cpu_process_settings
 from safa_jax.models.torch_import import TORCHVISION_MODELS, convert_torchvision, save_pretrained
 
 
@@ -67,4 +67,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    apply_cpu_process_settings()  # before JAX starts
     main()

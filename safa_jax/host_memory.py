@@ -9,8 +9,8 @@ settings and 271.9 without (bench/train_step.py, docs/benchmarks.md).
 glibc cannot be told to keep blocks that large in its mmap path, so this turns mmap off (M_MMAP_MAX=0) and
 keeps the heap's freed top (M_TRIM_THRESHOLD); both only apply to the main heap, so all threads use it
 (M_ARENA_MAX=1; the arena limit must be set before JAX starts its threads). The cost: the process keeps its
-peak heap rather than returning it, and threads share one malloc lock. Called when `safa_jax` is imported;
-set SAFA_JAX_KEEP_MALLOC=1 to opt out. Only glibc (Linux) is touched.
+peak heap rather than returning it, and threads share one malloc lock. Applied by the entry points on the CPU
+(safa_jax/process_settings.py); set SAFA_JAX_KEEP_MALLOC=1 to opt out. Only glibc (Linux) is touched.
 """
 
 import ctypes

@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import safa_jax  # noqa: F401  (sets the CPU XLA flag before JAX starts)
+from safa_jax.process_settings import apply_cpu_process_settings
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits_lt.py"
 
@@ -126,4 +126,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    apply_cpu_process_settings()  # before JAX starts; importing this module sets nothing
     app.run(main, flags_parser=parse_flags)

@@ -1,8 +1,8 @@
 """XLA flags that must be in place before JAX starts its CPU backend.
 
 jaxlib 0.10.x hands convolutions to YNNPACK, which is about 10x slower than XLA's Eigen path on
-the weight-gradient convolutions of a ResNet train step on CPU (../shared/PERFORMANCE_NOTES.md:
-ResNet-32 trains at about 27 images/s without a flag and about 100 with one). The flag
+the weight-gradient convolutions of a ResNet train step on CPU (ResNet-32 trained at
+about 27 images/s without a flag and about 100 with one on the project's 2-core machine). The flag
 `--xla_cpu_experimental_ynn_fusion_type` names what YNNPACK keeps; which value is fastest depends on who
 runs the convolutions (docs/benchmarks.md, ResNet-32 train step on the 2-core Xeon):
 
@@ -26,18 +26,20 @@ YNN_FLAG_ONEDNN_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 MEASURED_JAXLIB_SERIES = ("0.10.",)
 
 
-def apply_cpu_defaults() -> None:
-    """Append the measured CPU flag to XLA_FLAGS unless the user opted out or set it already."""
+def apply_cpu_defaults() -> str | None:
+    """Appends the measured CPU flag to XLA_FLAGS unless the user opted out or set it already; returns the flag
+    added, or None. Called by `process_settings.apply_cpu_process_settings`, before JAX starts."""
     if os.environ.get("SAFA_JAX_KEEP_XLA_FLAGS"):
-        return
+        return None
     try:
         jaxlib_version = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
-        return
+        return None
     if not jaxlib_version.startswith(MEASURED_JAXLIB_SERIES):
-        return
+        return None
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_experimental_ynn_fusion_type" in flags:
-        return
+        return None
     flag = YNN_FLAG_XLA_CONVOLUTIONS if installed_blocker() else YNN_FLAG_ONEDNN_CONVOLUTIONS
     os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
+    return flag

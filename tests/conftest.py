@@ -2,7 +2,9 @@
 
 import pathlib
 
-import safa_jax  # noqa: F401  (sets the CPU XLA flag before JAX starts)
+from safa_jax.process_settings import apply_cpu_process_settings  # noqa: I001
+
+apply_cpu_process_settings()  # before JAX starts
 import jax
 import pytest
 
