@@ -168,8 +168,8 @@ def test_bad_command_lines_are_one_line_before_any_work(tmp_path):
         ([f"--workdir={tmp_path / 'none'}", "--mode=eval"], "does not exist: there is no run to evaluate"),
         (["--config.optim.decay_epochs=(10,40)", "--config.num_epochs=30"],
          "config.optim.decay_epochs=(10, 40) has (40,) at or past config.num_epochs=30"),
-        (["--config.loss.train_rule=drw", "--config.loss.second_stage_epoch=30"],
-         "config.loss.second_stage_epoch=30 is not before config.num_epochs=30"),
+        (["--config.loss.train_rule=drw", "--config.loss.second_stage_epoch=60"],
+         "config.loss.second_stage_epoch=60 is not before config.num_epochs=60"),
     ]
     for args, message in cases:
         result = run_cli([f"--workdir={tmp_path / 'run'}", *args])
@@ -198,7 +198,7 @@ def test_sigterm_saves_the_current_step_and_the_run_resumes(tmp_path):
     import signal
     import time
     args = ["--config=configs/digits_lt.py", "--config.model.width=4", "--config.model.blocks_per_stage=1",
-            "--config.data.image_size=8", "--config.num_epochs=30", "--config.log_every_steps=1"]
+            "--config.data.image_size=8", "--config.log_every_steps=1"]
     straight = run_cli([*args, f"--workdir={tmp_path / 'straight'}"])
     assert straight.returncode == 0, straight.stderr[-2000:]
     workdir = tmp_path / "stopped"
