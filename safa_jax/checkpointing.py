@@ -124,6 +124,18 @@ def shape_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def check_compatible_before_building(saved_config: dict[str, Any], config_dict: dict[str, Any],
+                                     where: pathlib.Path) -> None:
+    """The same check on the fields a config fixes before any data or model exists ("auto" and -1 wait for
+    `check_compatible`), so a mismatch is reported in seconds, not after the model is built."""
+    saved, wanted = shape_fields(saved_config), shape_fields(config_dict)
+    diffs = [f"{name}: checkpoint {saved[name]!r}, config {wanted[name]!r}" for name in wanted
+             if wanted[name] not in ("auto", -1) and saved[name] != wanted[name]]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"the checkpoint in {where} was written by a different model or dataset:\n  " + "\n  ".join(diffs))
+
+
 def check_compatible(saved_config: dict[str, Any], config_dict: dict[str, Any], num_classes: int,
                      saved_num_classes: int, where: pathlib.Path) -> None:
     """Raises CheckpointMismatchError naming every differing field."""

@@ -7,7 +7,7 @@ that leaves no tail class, a dataset smaller than a batch) run right after loadi
 from safa_jax.data.sources import validate_data_config
 from safa_jax.data.streaming import validate_stream_config
 from safa_jax.losses.base import POSTHOC, validate_loss_config
-from safa_jax.models import HEADS, MODEL_NAMES
+from safa_jax.models import HEADS, MODEL_NAMES, NUM_STAGES
 from safa_jax.models.batch_norm import validate_batch_norm_form
 from safa_jax.models.conv_backend import validate_conv_backend
 from safa_jax.models.safa import SAFA_KERNEL_SIZES, UPPER_BN_STATS
@@ -81,6 +81,9 @@ def validate_config(config) -> None:
         raise ValueError("config.optim needs learning_rate > 0, weight_decay >= 0 and 0 <= momentum < 1; "
                          f"got {optim.learning_rate}, {optim.weight_decay}, {optim.momentum}")
     _validate_safa(config.safa)
+    if config.safa.enabled and config.safa.stage > NUM_STAGES[config.model.name]:
+        raise ValueError(f"config.safa.stage={config.safa.stage} is not a placement in {config.model.name}; "
+                         f"allowed: 1..{NUM_STAGES[config.model.name]} (after that stage)")
     if config.eval.posthoc not in POSTHOC:
         raise ValueError(f"unknown config.eval.posthoc={config.eval.posthoc!r}; allowed: {', '.join(POSTHOC)}")
     if config.eval.tau < 0:

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from safa_jax import checkpointing, metrics, sharding
 from safa_jax.data.device_pipeline import normalize, to_unit_float
 from safa_jax.data.sources import LongTailedData
-from safa_jax.experiment import Experiment, build_experiment, restore_if_any
+from safa_jax.experiment import Experiment, build_experiment, config_record, restore_if_any
 from safa_jax.losses.base import log_class_prior
 from safa_jax.precision import Precision
 from safa_jax.state import NnxBridge, TrainState
@@ -148,6 +148,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
         raise FileNotFoundError(f"no checkpoint to evaluate in {checkpoints.directory}")
     saved = checkpoints.metadata(step)
     check_same_data(saved, config, checkpoints.directory)
+    checkpointing.check_compatible_before_building(saved["config"], config_record(config), checkpoints.directory)
     experiment, state = build_experiment(config, mesh=mesh, data=data)
     recorded_names = tuple(saved["split"]["class_names"])
     if not config.eval.other_data and recorded_names != tuple(experiment.data.class_names):

@@ -119,9 +119,6 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     safa_bridge = None
     is_head_class = np.zeros(data.num_classes, bool)
     if config.safa.enabled:
-        if config.safa.stage > model.num_stages:
-            raise ValueError(f"config.safa.stage={config.safa.stage} is not a placement in {config.model.name}; "
-                             f"allowed: 1..{model.num_stages} (after that stage)")
         is_head_class = head_class_mask(data.class_counts, config.safa.head_ratio)
         channels = model.feature_shape(config.safa.stage, config.data.image_size)[-1]
         if config.safa.q_width == -1:

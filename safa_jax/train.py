@@ -24,6 +24,7 @@ import optax
 
 from safa_jax import (checkpointing, console, curves, epoch_log, evaluate, metrics, provenance, run_lock, sharding,
                       stop_signals)
+from safa_jax.config_checks import validate_config
 from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
@@ -232,6 +233,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def _train(config, workdir: pathlib.Path, *, mesh, data, stop: stop_signals.StopRequest) -> dict[str, Any]:
+    validate_config(config)
+    checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+    try:
+        _refuse_other_model_early(config, checkpoints)
+        return _train_built(config, workdir, checkpoints, mesh=mesh, data=data, stop=stop)
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+
+
+def _refuse_other_model_early(config, checkpoints: checkpointing.Checkpoints) -> None:
+    """A resume into another model is refused before the model is built (a corrupt newest checkpoint is left
+    to `restore_if_any`, which skips it)."""
+    latest = checkpoints.latest_step()
+    if latest is None:
+        return
+    try:
+        saved = checkpoints.metadata(latest)
+    except checkpointing.CheckpointCorruptError:
+        return
+    checkpointing.check_compatible_before_building(saved["config"], config_record(config), checkpoints.directory)
+
+
+def _train_built(config, workdir: pathlib.Path, checkpoints: checkpointing.Checkpoints, *, mesh, data,
+                 stop: stop_signals.StopRequest) -> dict[str, Any]:
     experiment, state = build_experiment(config, mesh=mesh, data=data)
     config, data = experiment.config, experiment.data
     is_main = jax.process_index() == 0
@@ -245,12 +271,7 @@ def _train(config, workdir: pathlib.Path, *, mesh, data, stop: stop_signals.Stop
                  count_params(state.params["backbone"]),
                  count_params(state.params["safa"]) if "safa" in state.params else "off")
 
-    checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
-    try:
-        return _train_loop(experiment, state, checkpoints, workdir, stop)
-    finally:
-        checkpoints.wait()
-        checkpoints.close()
+    return _train_loop(experiment, state, checkpoints, workdir, stop)
 
 
 def _train_loop(experiment: Experiment, state: TrainState, checkpoints: checkpointing.Checkpoints,

@@ -312,3 +312,27 @@ def test_balanced_softmax_trains_and_posthoc_logit_adjustment_evaluates(tmp_path
     assert results["top1_accuracy"] == pytest.approx(100.0 * hits.mean())
     bad = run_cli([*args, "--mode=eval", "--config.eval.posthoc=tau"])
     assert "unknown config.eval.posthoc='tau'; allowed: none, logit_adjust" in _last_line(bad)
+
+
+def test_errors_known_from_the_config_come_before_the_model_is_built(tmp_path, monkeypatch):
+    """safa.stage past the backbone, and a resume or evaluation into another width, fail before build_experiment."""
+    from safa_jax import sharding
+    from safa_jax.evaluate import evaluate_checkpoint
+    from safa_jax.train import train_and_evaluate
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    data = tiny_data()
+    train_and_evaluate(tiny_config(num_train_steps=3), tmp_path, mesh=mesh, data=data)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built before the error was found")
+
+    monkeypatch.setattr("safa_jax.train.build_experiment", never)
+    monkeypatch.setattr("safa_jax.evaluate.build_experiment", never)
+    with pytest.raises(ValueError, match="config.safa.stage=4 is not a placement in resnet32; allowed: 1..3"):
+        train_and_evaluate(tiny_config(safa__enabled=True, safa__stage=4), tmp_path / "other", mesh=mesh, data=data)
+    with pytest.raises(CheckpointMismatchError, match="model.width: checkpoint 4, config 8"):
+        train_and_evaluate(tiny_config(num_train_steps=6, model__width=8), tmp_path, mesh=mesh, data=data)
+    with pytest.raises(CheckpointMismatchError, match="model.width: checkpoint 4, config 8"):
+        evaluate_checkpoint(tiny_config(model__width=8), tmp_path, mesh=mesh, data=data)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at step 99"):
+        evaluate_checkpoint(tiny_config(), tmp_path, step=99, mesh=mesh, data=data)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, NormedLinear
-from safa_jax.models.resnet import resnet50, resnet152
+from safa_jax.models.resnet import ResNet, resnet50, resnet152
 from safa_jax.models.resnet_cifar import ResNetCifar
 
 # "resnet32" is the CIFAR ResNet family of the reference; blocks_per_stage=5 makes it ResNet-32.
@@ -19,8 +19,10 @@ _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "resnet152": resnet152,
 }
 MODEL_NAMES = tuple(_BUILDERS)
+# Stages of each backbone (SAFA's placements 1..N), known before any model is built.
+NUM_STAGES = {"resnet32": ResNetCifar.num_stages, "resnet50": ResNet.num_stages, "resnet152": ResNet.num_stages}
 
-__all__ = ["HEADS", "MODEL_NAMES", "NormedLinear", "ResNetCifar", "build_model"]
+__all__ = ["HEADS", "MODEL_NAMES", "NUM_STAGES", "NormedLinear", "ResNetCifar", "build_model"]
 
 
 def build_model(
