@@ -107,7 +107,9 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value:
         initialize_distributed()
     import jax  # noqa: PLC0415  (after safa_jax set the XLA flags)
-    logging.info("JAX %s on %d device(s): %s", jax.__version__, jax.device_count(), jax.devices()[0].device_kind)
+    print(f"safa_jax: JAX {jax.__version__} on {jax.device_count()} device(s): {jax.devices()[0].device_kind}"
+          + (f" (process {jax.process_index()} of {jax.process_count()})" if jax.process_count() > 1 else ""),
+          file=sys.stderr, flush=True)
     from safa_jax.train import TrainingStopped  # noqa: PLC0415
     try:
         if _MODE.value == "train":
