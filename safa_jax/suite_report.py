@@ -147,9 +147,17 @@ def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> s
         commits = ", ".join(f"{c['commit'][:7]}{'+' if c['dirty'] else ''} @ {c['start_step']}" for c in r["trained_by"])
         epochs = f"{r['epochs_done']}/{r['num_epochs']}" if r["num_epochs"] else ""
         hours = f"{r['train_hours']:.2f} + {r['eval_hours']:.2f}" if r["epochs_done"] else ""
-        lines.append(f"| {r['name']} | {_fmt(r['paper_top1_error'])} | {final} | {best} | "
-                     f"{_fmt(r['many_shot_accuracy'])} | {_fmt(r['medium_shot_accuracy'])} | "
-                     f"{_fmt(r['few_shot_accuracy'])} | {epochs} | {hours} | {_fmt(r['images_per_sec'], 1)} | {commits} |")
+        groups = [_fmt(r[k]) if r[k] is not None or not r["finished"] else "n/a"
+                  for k in ("many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy")]
+        lines.append(f"| {r['name']} | {_fmt(r['paper_top1_error'])} | {final} | {best} | {' | '.join(groups)} | "
+                     f"{epochs} | {hours} | {_fmt(r['images_per_sec'], 1)} | {commits} |")
+    sources: dict[str, list[str]] = {}
+    for r in results:
+        if r["paper_source"]:
+            sources.setdefault(r["paper_source"], []).append(r["name"])
+    if sources:
+        lines += ["", "Paper numbers (top-1 error %): " + "; ".join(
+            f"{source}: {', '.join(names)}" for source, names in sources.items()) + ". n/a: no class in that group."]
     cpus = sorted({c["cpu"] for r in results for c in r["trained_by"]})
     lines += ["", f"Machines: {'; '.join(cpus) or 'none yet'}. A `+` after a commit: the working tree had "
               "uncommitted changes to tracked files when that start began."]

@@ -72,6 +72,7 @@ def test_report_of_hand_made_runs(tmp_path):
     assert c["epochs_done"] == 0 and c["top1_error"] is None
     table = (tmp_path / "out.md").read_text()
     assert "| a | 22.47 | **26.50** | 25.00, 2 | 91.00 | 50.50 | 12.25 | 4/5 |" in table
+    assert "Paper numbers (top-1 error %): table: a." in table
     assert "aaaaaaa @ 0, bbbbbbb+ @ 20" in table
     assert "| b |  | (running; latest 40.00) |" in table and "| c |  | (not run) |" in table
     assert table.startswith("# Results: suite `demo`") and table.endswith("What the runs showed.\n")
