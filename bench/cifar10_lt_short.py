@@ -1,4 +1,4 @@
-"""A short training budget on the real CIFAR-10-LT images (../shared/data/cifar10): images/s and test accuracy.
+"""A short training budget on the real CIFAR-10-LT images (an image folder; the project keeps one at ../shared/data/cifar10 for its benchmarks): images/s and test accuracy.
 
 Not the paper's protocol (200 epochs): a compressed schedule of --epochs epochs (warm-up 1 epoch, lr x0.1
 for the last epoch; SAFA's augmented features and DRW from the second epoch on), the same budget for

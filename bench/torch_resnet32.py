@@ -1,6 +1,6 @@
 """ResNet-32 for CIFAR in PyTorch, the model of the LDAM-DRW reference code, for side-by-side speed figures.
 
-Written from REFERENCE.md to match `safa_jax/models/resnet_cifar.py` layer for layer: a 3x3 stem, three
+Written to match `safa_jax/models/resnet_cifar.py` layer for layer: a 3x3 stem, three
 stages of BasicBlocks (16, 32, 64 channels; strides 1, 2, 2), the parameter-free "option A" shortcut on a
 shape change, global average pooling and a linear classifier; Kaiming-normal conv and linear weights, no
 conv biases. Module names mirror the Flax model's (stem_conv, stages.S.B.conv1, head, ...) so that weights

@@ -1,4 +1,4 @@
-"""CIFAR-100-LT with ResNet-32, the LDAM-DRW recipe (REFERENCE.md).
+"""CIFAR-100-LT with ResNet-32, the LDAM-DRW recipe.
 
 Usage: --config=configs/cifar100_lt.py:200 selects the imbalance factor rho (default 100).
 """

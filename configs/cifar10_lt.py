@@ -1,8 +1,8 @@
-"""CIFAR-10-LT with ResNet-32, the LDAM-DRW recipe (REFERENCE.md).
+"""CIFAR-10-LT with ResNet-32, the LDAM-DRW recipe.
 
 Usage: --config=configs/cifar10_lt.py:200 selects the imbalance factor rho (default 100).
-Data: tfds:cifar10 by default; the real images in ../shared/data/cifar10 work with
---config.data.source=folder:../shared/data/cifar10.
+Data: tfds:cifar10 by default; real images in an image folder PATH/cifar10/{train,test}/<class>/ work with
+--config.data.source=folder:PATH/cifar10.
 """
 
 from configs import common

@@ -1,4 +1,4 @@
-"""Defaults shared by every config: the CIFAR-LT recipe of LDAM-DRW (REFERENCE.md) and SAFA's (R) defaults.
+"""Defaults shared by every config: the CIFAR-LT recipe of LDAM-DRW and SAFA's (R) defaults.
 
 Dataset configs import `get_config()` from here and override what differs. Every field can be changed
 from the command line: `--config.loss.name=ldam`.

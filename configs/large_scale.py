@@ -1,4 +1,4 @@
-"""The recipe shared by the large-scale configs (REFERENCE.md: RSG's public settings; SAFA's own are not public).
+"""The recipe shared by the large-scale configs (RSG's public settings; SAFA's own are not public).
 
 SGD momentum 0.9, global batch 256 (independent of the device count), RandomResizedCrop 224 + flip for
 training, resize 256 + center-crop 224 for testing, data streamed from disk, SAFA after stage 3 of the

@@ -3,7 +3,7 @@
 Parameters and batch statistics are kept as pure nested dicts of arrays: they checkpoint with Orbax as
 they are, shard with one NamedSharding, and feed optax directly. An `NnxBridge` holds a module's graph
 definition and rebuilds the module from such dicts inside a pure (jitted) function, which avoids the
-per-call Python graph walk of `nnx.jit` (ARCHITECTURE.md, Flax performance guide).
+per-call Python graph walk of `nnx.jit` (the Flax performance guide).
 """
 
 import dataclasses

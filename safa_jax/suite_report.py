@@ -34,10 +34,11 @@ def _read_json(path: pathlib.Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_status(workdir: pathlib.Path) -> RunStatus:
+def run_status(workdir: pathlib.Path, rows: list[dict] | None = None) -> RunStatus:
+    """`rows`: the run's epochs.csv rows where the caller has read them already."""
     config = _read_json(workdir / "config.json")
     split = _read_json(workdir / "split.json")
-    rows = read_epochs(workdir)
+    rows = read_epochs(workdir) if rows is None else rows
     rates = [r["train_images_per_sec"] for r in rows if r.get("train_images_per_sec")]
     return RunStatus(done=(workdir / TRAINING_DONE_FILE).exists(),
                      epochs_done=int(rows[-1]["epoch"]) + 1 if rows else 0,
@@ -87,8 +88,8 @@ def listing(runs: list[Run], root: pathlib.Path) -> str:
 
 def run_result(run: Run, workdir: pathlib.Path) -> dict[str, Any]:
     """What the report says of one run (None where not known yet)."""
-    status = run_status(workdir)
     rows = read_epochs(workdir)
+    status = run_status(workdir, rows)
     final = _read_json(workdir / "eval_results.json") if status.done else None
     evaluated = [r for r in rows if r.get("test_top1_error") is not None]
     best = min(evaluated, key=lambda r: r["test_top1_error"]) if evaluated else None

@@ -1,6 +1,6 @@
 """Long-tailed subsampling of a balanced training split, as the CIFAR-LT reference code does it.
 
-Class i (0-based) of K keeps `n_i = int(n_max * (1/rho) ** (i / (K - 1)))` images (REFERENCE.md). Which
+Class i (0-based) of K keeps `n_i = int(n_max * (1/rho) ** (i / (K - 1)))` images (the LDAM-DRW code's profile). Which
 images it keeps is a choice that changes results by a fraction of a point, so all three published or
 common variants are here and the chosen indices are returned for the run to record:
 

@@ -1,7 +1,7 @@
 """Base classification losses (CE, focal, LDAM) and the re-weighting / re-sampling train rules.
 
 These reproduce the LDAM-DRW reference code (kaidic/LDAM-DRW, `losses.py` and `cifar_train.py`) so that
-our baselines match the published protocol; see REFERENCE.md, "Base losses". Everything that runs per
+our baselines match the published protocol; see docs/method.md. Everything that runs per
 step is a pure jnp function, so it can sit inside a jitted train step with the epoch as a traced int.
 
 Every loss takes optional `sample_weights` (B,): SAFA appends a static number of generated features to

@@ -1,4 +1,4 @@
-"""SAFA's loss formulas as pure functions of arrays (SAFA_SPEC.md, "Losses"; the exact forms are (R)).
+"""SAFA's loss formulas as pure functions of arrays (docs/method.md, "Losses"; the exact forms are (R)).
 
 Every term averages over the valid entries of a fixed-size batch (a mask, never boolean indexing) and
 is exactly 0 when no entry is valid, so a batch without tail samples or head pairs adds nothing.

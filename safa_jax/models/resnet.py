@@ -1,6 +1,6 @@
 """ResNet-50 and ResNet-152 in torchvision's layout (v1.5), split for SAFA like ResNet-32.
 
-The large-scale recipes (REFERENCE.md) train torchvision's ResNets: ResNet-50 from scratch on
+The large-scale recipes (RSG's public settings) train torchvision's ResNets: ResNet-50 from scratch on
 iNaturalist 2018 and ImageNet-LT, ResNet-152 from ImageNet weights on Places-LT. Layout, padding
 and initialisation match torchvision, so that its weights load unchanged (models/torch_import.py)
 and give the same outputs.

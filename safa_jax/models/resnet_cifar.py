@@ -2,7 +2,7 @@
 
 The reference is kaidic/LDAM-DRW `models/resnet_cifar.py` (itself from akamaster's
 pytorch_resnet_cifar10), on which the published long-tailed CIFAR numbers were trained. Layer
-layout, option-A shortcuts, padding and initialisation match it; see ../shared/REFERENCE.md.
+layout, option-A shortcuts, padding and initialisation match it.
 
 SAFA augments the feature map inside the network, so the forward pass is exposed in two halves:
 `lower(x, s)` runs the stem and stages 1..s, `upper(F, s)` runs stages s+1..3 and the pooling,
@@ -62,7 +62,7 @@ class BasicBlock(nnx.Module):
 
 
 class ResNetCifar(SplitBackbone):
-    """ResNet-32 for CIFAR exactly as REFERENCE.md / the LDAM-DRW reference code (resnet32 in models/resnet_cifar.py).
+    """ResNet-32 for CIFAR exactly as the LDAM-DRW reference code (resnet32 in models/resnet_cifar.py).
 
     Depth is 6 * blocks_per_stage + 2: blocks_per_stage=5 is ResNet-32 (about 0.46 M parameters
     for 10 classes). `width` is the stem's and stage 1's channel count (16 in the reference);

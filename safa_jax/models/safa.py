@@ -1,6 +1,6 @@
 """SAFA's four modules (E, D, G, Q) and its forward pass for one training step.
 
-Follows SAFA_SPEC.md ("Forward pass", "Losses"); docs/method.md says which parts are the paper's and
+Follows docs/method.md ("Forward pass", "Losses"), which says which parts are the paper's and
 which are our reconstruction. The modules are training-only: at test time the plain backbone runs.
 
 Gradient flow, in short: the backbone features reaching SAFA are used only through stop-gradient, so

@@ -1,6 +1,6 @@
 """torchvision ResNet weights as this project's parameters, and the pretrained-weights folder.
 
-Places-LT starts from torchvision's ImageNet ResNet-152 (REFERENCE.md). Conversion runs once,
+Places-LT starts from torchvision's ImageNet ResNet-152 (RSG's recipe). Conversion runs once,
 offline (`python -m safa_jax.convert_torchvision`), into a folder that holds an Orbax checkpoint of
 `{"params", "batch_stats"}` in the pure-dict layout of `NnxBridge.split` plus `pretrained.json`
 (model name and sizes). Training then starts from it with `init_from_pretrained`. Nothing here
