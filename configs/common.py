@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.train_rule = "none"
     config.loss.second_stage_epoch = 160  # DRW / DRS switch on at this (0-based) epoch.
     config.loss.cb_beta = 0.9999
+    # Class-balanced sampling (resample / DRS): "class_balanced" weighs an example of class c by
+    # (1 - cb_beta) / (1 - cb_beta**n_c), the reference sampler's form; "inverse_count" by 1 / n_c.
+    config.loss.sampling_weights = "class_balanced"
     config.loss.focal_gamma = 1.0
     config.loss.ldam_max_margin = 0.5
     config.loss.ldam_scale = 30.0

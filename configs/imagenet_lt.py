@@ -1,4 +1,4 @@
-"""ImageNet-LT (1,000 classes, 115,846 training images), ResNet-50, LDAM-DRW (+ SAFA).
+"""ImageNet-LT (1,000 classes, 115,846 training images), ResNet-50, LDAM-DRS (+ SAFA).
 
 Data: the OLTR lists (ImageNet_LT_train.txt, ImageNet_LT_test.txt) applied to an ImageNet-2012 image tree.
 Usage: --config=configs/imagenet_lt.py:/path/to/lists --config.data.data_dir=/path/to/imagenet
@@ -11,7 +11,7 @@ from configs import large_scale
 def get_config(lists_dir: str | None = None):
     config = large_scale.large_scale_config(
         source=f"imagenet_lt:{lists_dir or 'data/ImageNet_LT'}", model="resnet50", epochs=100, learning_rate=0.1,
-        warmup_epochs=5, decay_epochs=(60, 80, 95), weight_decay=2e-4, ldam_max_margin=0.3, ldam_scale=30.0,
+        warmup_epochs=5, decay_epochs=(59, 79, 94), weight_decay=2e-4, ldam_max_margin=0.3, ldam_scale=30.0,
         second_stage_epoch=80)
     config.data.color_jitter = 0.4  # RSG's ImageNet-LT training transform: ColorJitter(0.4, 0.4, 0.4, 0).
     return config

@@ -1,8 +1,18 @@
 """The recipe shared by the large-scale configs (RSG's public settings; SAFA's own are not public).
 
-SGD momentum 0.9, global batch 256 (independent of the device count), RandomResizedCrop 224 + flip for
-training, resize 256 + center-crop 224 for testing, data streamed from disk, SAFA after stage 3 of the
-ResNet (R, RSG's choice).
+SGD momentum 0.9, global batch 256 (independent of the device count; the last partial batch of an epoch
+is dropped, as RSG's loaders do), RandomResizedCrop 224 + flip for training, resize 256 + center-crop 224
+for testing, data streamed from disk, SAFA after stage 3 of the ResNet (R, RSG's choice).
+
+As RSG's training scripts, which produced its published numbers (LDAM-DRS-RSG):
+- LDAM with deferred re-sampling (`loss.train_rule="drs"`): class-balanced batches from the second-stage
+  epoch on, drawn with the reference sampler's weights (1 - 0.9999) / (1 - 0.9999**n_c)
+  (`loss.sampling_weights="class_balanced"`), no loss re-weighting. The LDAM paper's LDAM-DRW (iNaturalist
+  2018: 68.0 %) is `--config.loss.train_rule=drw`.
+- The learning-rate drops at the 0-based epochs the scripts use: they drop when epoch + 1 exceeds
+  59 / 79 / 94 (ImageNet-LT), 99 / 139 / 169 (iNaturalist) and 9 / 19 (Places-LT), one epoch before the
+  "after 60, 80, 95" of the text; each config lists its epochs. Warm-up lr * (e + 1) / 5 over epochs e < 5
+  (none on Places-LT), per epoch as theirs.
 """
 
 from configs import common
@@ -25,7 +35,7 @@ def large_scale_config(*, source: str, model: str, epochs: int, learning_rate: f
     config.model.name = model
     config.model.width = 64
     config.loss.name = "ldam"
-    config.loss.train_rule = "drw"  # RSG's published numbers use "drs"; both are one override away.
+    config.loss.train_rule = "drs"
     config.loss.ldam_max_margin = ldam_max_margin
     config.loss.ldam_scale = ldam_scale
     config.loss.second_stage_epoch = second_stage_epoch

@@ -29,7 +29,7 @@ from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
                                  restore_if_any, split_record)
-from safa_jax.losses.base import balanced_sampling_at, make_base_loss
+from safa_jax.losses.base import balanced_sampling_at, make_base_loss, sampling_class_weights
 from safa_jax.losses.safa import safa_total_loss
 from safa_jax.models.safa import safa_augment
 from safa_jax.precision import Precision
@@ -59,13 +59,14 @@ class InMemoryInput:
     The batch depends only on (seed, step), so a resumed run sees exactly the batches of an uninterrupted one.
     Each epoch visits every example once in an order drawn from the seed alone (`device_pipeline.epoch_order`,
     computed on the devices once per epoch by `batch_args`, not in every step).
-    Class-balanced sampling (resample / DRS) weighs each example by 1 / (its class's count), as the
-    ImbalancedDatasetSampler of the LDAM-DRW code: every class is drawn equally often.
+    Class-balanced sampling (resample / DRS) weighs each example by its class's `sampling_class_weights`
+    (`config.loss.sampling_weights`; by default the reference ImbalancedDatasetSampler's form).
     """
 
     def __init__(self, experiment: Experiment):
         data, self.config = experiment.data, experiment.config
-        probs = device_pipeline.class_balanced_sample_probs(data.train_labels, 1.0 / data.class_counts)
+        probs = device_pipeline.class_balanced_sample_probs(
+            data.train_labels, sampling_class_weights(self.config.loss, data.class_counts))
         host = (data.train_images, data.train_labels.astype(np.int32), probs.astype(np.float32))
         self.device_arrays = sharding.put_replicated(host, experiment.mesh)
         self.num_examples = len(data.train_labels)
@@ -117,7 +118,9 @@ class StreamedInput:
         self.mean, self.std = data.mean, data.std
         self._batches = data.train_batches(
             batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-            balanced_from_step=balanced_from, process_index=jax.process_index(),
+            balanced_from_step=balanced_from,
+            balanced_class_weights=sampling_class_weights(config.loss, data.class_counts),
+            process_index=jax.process_index(),
             process_count=jax.process_count())
 
     def batch_args(self, step: int):

@@ -138,3 +138,26 @@ def test_normalize_by_hand_and_rejects_wrong_lengths():
     np.testing.assert_allclose(normalize(images, (0.5, 0.1), (0.25, 0.2)), [[[[0.0, 0.5]]]], atol=1e-6)
     with pytest.raises(ValueError, match=r"mean has shape \(3,\).*\(2,\)"):
         normalize(images, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+
+
+@pytest.mark.parametrize("sampling_weights, head_share", [("class_balanced", 0.5593), ("inverse_count", 0.5)])
+def test_the_trainer_draws_resampled_batches_with_the_configured_weights(sampling_weights, head_share):
+    # 5,000 and 25 images (CIFAR-10-LT's extremes): the reference sampler's weights (1 - beta) / (1 - beta**n),
+    # beta = 0.9999, give class shares 1.2707 : 1.0012 (head 0.5593); 1 / n weights give 1 : 1.
+    from types import SimpleNamespace
+
+    from configs import common
+    from safa_jax import sharding
+    from safa_jax.train import InMemoryInput
+
+    labels = np.repeat([0, 1], [5000, 25]).astype(np.int32)
+    config = common.get_config()
+    config.loss.train_rule, config.loss.sampling_weights, config.batch_size = "resample", sampling_weights, 100
+    data = SimpleNamespace(train_images=np.zeros((len(labels), 1, 1, 1), np.uint8), train_labels=labels,
+                           class_counts=np.bincount(labels), mean=(0.0,), std=(1.0,))
+    batch_input = InMemoryInput(SimpleNamespace(data=data, config=config, mesh=sharding.make_mesh(),
+                                                steps_per_epoch=50))
+    args = batch_input.batch_args(0)
+    draw = jax.jit(jax.vmap(lambda step: batch_input.batch_indices(args, KEY, step, 0)))
+    drawn = np.asarray(draw(jnp.arange(200))).ravel()  # 20,000 draws: share sd 0.0035.
+    assert abs(np.mean(labels[drawn] == 0) - head_share) < 0.015

@@ -53,6 +53,22 @@ def check_run(workdir, summary, *, model, num_classes, num_test):
     assert 0.0 <= results["top1_accuracy"] <= 100.0  # percent.
 
 
+@pytest.mark.parametrize("module, decays, second_stage, ldam", [
+    (imagenet_lt, (59, 79, 94), 80, (0.3, 30.0)), (inat18, (99, 139, 169), 140, (0.1, 50.0)),
+    (places_lt, (9, 19), 10, (0.2, 50.0))])
+def test_large_configs_follow_the_rsg_training_scripts(module, decays, second_stage, ldam):
+    # RSG's scripts: lr x0.1 each time epoch + 1 exceeds a milestone (0-based epochs 59, 79, 94 on ImageNet-LT),
+    # the class-balanced sampler from epoch 80 / 140 / 10 with the 0.9999 class-balanced weights, no loss
+    # re-weighting, LDAM margin / scale 0.3 / 30, 0.1 / 50, 0.2 / 50.
+    config = module.get_config()
+    assert tuple(config.optim.decay_epochs) == decays
+    np.testing.assert_allclose(config.optim.decay_factors, [0.1 ** (i + 1) for i in range(len(decays))])
+    assert (config.loss.train_rule, config.loss.sampling_weights, config.loss.cb_beta) == ("drs", "class_balanced",
+                                                                                            0.9999)
+    assert config.loss.second_stage_epoch == config.safa.start_epoch == second_stage
+    assert (config.loss.ldam_max_margin, config.loss.ldam_scale) == ldam
+
+
 def test_inat18_trains_and_evaluates_on_mock_tfds_data(tmp_path):
     config = shrink(inat18.get_config())
     assert (config.model.name, config.data.color_jitter, config.loss.name) == ("resnet50", 0.4, "ldam")

@@ -245,7 +245,16 @@ def test_make_base_loss_picks_the_named_loss(name):
     assert float(made) == pytest.approx(float(direct), rel=1e-6)
 
 
-@pytest.mark.parametrize("field, value, allowed", [("name", "hinge", "ldam"), ("train_rule", "Reweight", "drs")])
+def test_sampling_weights_by_hand():
+    config = _loss_config("ce", "drs")
+    config.cb_beta = 0.5  # (1 - 0.5) / (1 - 0.5**n): n = 1 -> 1, n = 2 -> 2/3, n = 4 -> 8/15.
+    np.testing.assert_allclose(base.sampling_class_weights(config, [1, 2, 4, 0]), [1.0, 2 / 3, 8 / 15, 0.0])
+    config.sampling_weights = "inverse_count"
+    np.testing.assert_allclose(base.sampling_class_weights(config, [1, 2, 4, 0]), [1.0, 0.5, 0.25, 0.0])
+
+
+@pytest.mark.parametrize("field, value, allowed", [("name", "hinge", "ldam"), ("train_rule", "Reweight", "drs"),
+                                                   ("sampling_weights", "1/n", "inverse_count")])
 def test_unknown_name_or_rule_raises(field, value, allowed):
     config = _loss_config()
     config[field] = value

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import common
+from safa_jax.losses.base import sampling_class_weights
 from safa_jax.data.longtail import longtail_class_counts
 from safa_jax.data.sources import load_data
 from safa_jax.data.streaming import (decode_center_crop, decode_random_resized_crop, global_train_batches,
@@ -72,9 +73,11 @@ def test_folder_stream_selects_the_in_memory_sources_ids(folder_tree, folder_dat
 
 
 def test_train_batches_have_the_planned_labels_shapes_and_dtypes(folder_data):
+    weights = np.ones(3)
     plan = global_train_batches(folder_data.train_labels, 3, batch_size=4, seed=3, start_step=0,
-                                balanced_from_step=2)
-    batches = folder_data.train_batches(batch_size=4, seed=3, start_step=0, balanced_from_step=2)
+                                balanced_from_step=2, balanced_class_weights=weights)
+    batches = folder_data.train_batches(batch_size=4, seed=3, start_step=0, balanced_from_step=2,
+                                        balanced_class_weights=weights)
     for (images, labels), (positions, _) in zip(take(batches, 3), take(plan, 3)):
         assert images.shape == (4, SIZE, SIZE, 3) and images.dtype == np.uint8
         assert labels.dtype == np.int32
@@ -83,7 +86,7 @@ def test_train_batches_have_the_planned_labels_shapes_and_dtypes(folder_data):
 
 def test_resumed_run_yields_the_uninterrupted_batches(folder_data):
     # 15 training images, batch 4: 3 steps per epoch; epochs start at steps 3 and 6, balanced from step 7.
-    kwargs = dict(batch_size=4, seed=1, balanced_from_step=7)
+    kwargs = dict(batch_size=4, seed=1, balanced_from_step=7, balanced_class_weights=np.ones(3))
     uninterrupted = take(folder_data.train_batches(start_step=0, **kwargs), 8)
     resumed = take(folder_data.train_batches(start_step=4, **kwargs), 4)
     for (images, labels), (expected_images, expected_labels) in zip(resumed, uninterrupted[4:]):
@@ -93,7 +96,7 @@ def test_resumed_run_yields_the_uninterrupted_batches(folder_data):
 
 
 def test_process_shards_partition_each_global_batch(folder_data):
-    kwargs = dict(batch_size=4, seed=2, start_step=1, balanced_from_step=3)
+    kwargs = dict(batch_size=4, seed=2, start_step=1, balanced_from_step=3, balanced_class_weights=np.ones(3))
     whole = take(folder_data.train_batches(**kwargs), 4)
     shares = [take(folder_data.train_batches(process_index=p, process_count=2, **kwargs), 4) for p in (0, 1)]
     for step, (images, labels) in enumerate(whole):
@@ -104,7 +107,8 @@ def test_process_shards_partition_each_global_batch(folder_data):
 
 def test_epochs_are_permutations_and_balanced_draws_cover_classes_equally():
     labels = np.repeat([0, 1, 2], [100, 10, 2])
-    plan = global_train_batches(labels, 3, batch_size=8, seed=0, start_step=0, balanced_from_step=28)
+    plan = global_train_batches(labels, 3, batch_size=8, seed=0, start_step=0, balanced_from_step=28,
+                                balanced_class_weights=1.0 / np.bincount(labels))
     steps = [positions for positions, _ in take(plan, 28 + 3000)]
     # 112 examples, batch 8: 14 steps per epoch, each epoch a fresh permutation of all examples.
     first_epoch, second_epoch = np.concatenate(steps[:14]), np.concatenate(steps[14:28])
@@ -228,3 +232,18 @@ def test_bad_process_split_is_rejected(folder_data, kwargs, message):
 def test_batch_larger_than_the_training_set_fails_before_reading(folder_data):
     with pytest.raises(ValueError, match="15 examples, fewer than batch_size=16"):
         folder_data.train_batches(batch_size=16, seed=0, start_step=0, balanced_from_step=None)
+
+
+def test_the_reference_sampling_weights_set_the_class_shares_of_streamed_draws():
+    # CIFAR-10-LT's largest and smallest classes (5,000 and 25 images) under the reference sampler's weights
+    # (1 - beta) / (1 - beta**n), beta = 0.9999: class shares n w / sum(n w) = 1.2707 : 1.0012, so the head
+    # class gets 0.5593 of the draws, not the 0.5 of 1 / n weights.
+    labels = np.repeat([0, 1], [5000, 25])
+    config = common.get_config().loss
+    weights = sampling_class_weights(config, np.bincount(labels))
+    plan = global_train_batches(labels, 2, batch_size=100, seed=0, start_step=0, balanced_from_step=0,
+                                balanced_class_weights=weights)
+    drawn = np.concatenate([positions for positions, _ in take(plan, 200)])  # 20,000 draws: share sd 0.0035.
+    assert abs(np.mean(labels[drawn] == 0) - 0.5593) < 0.015
+    with pytest.raises(ValueError, match="balanced_class_weights is None"):
+        global_train_batches(labels, 2, batch_size=100, seed=0, start_step=0, balanced_from_step=0)

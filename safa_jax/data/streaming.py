@@ -126,7 +126,8 @@ class StreamingData:
         return len(self.test_labels)
 
     def train_batches(self, *, batch_size: int, seed: int, start_step: int, balanced_from_step: int | None,
-                      process_index: int = 0, process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                      balanced_class_weights: np.ndarray | None = None, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Endless (uint8 images (b, S, S, C), int32 labels (b,)) from `start_step` on; b = batch_size / processes.
 
         Each process decodes only its own slice of every global batch; see the module docstring for the order.
@@ -135,7 +136,8 @@ class StreamingData:
         share = process_batch_size(batch_size, process_index, process_count)
         mine = slice(process_index * share, (process_index + 1) * share)
         plan = global_train_batches(self.train_labels, self.num_classes, batch_size=batch_size, seed=seed,
-                                    start_step=start_step, balanced_from_step=balanced_from_step)
+                                    start_step=start_step, balanced_from_step=balanced_from_step,
+                                    balanced_class_weights=balanced_class_weights)
 
         def process_share():  # Runs once: the returned iterator is the dataset's only pass.
             for positions, seeds in plan:
@@ -196,32 +198,55 @@ def process_batch_size(batch_size: int, process_index: int, process_count: int) 
 
 
 def global_train_batches(labels: np.ndarray, num_classes: int, *, batch_size: int, seed: int, start_step: int,
-                         balanced_from_step: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                         balanced_from_step: int | None, balanced_class_weights: np.ndarray | None = None,
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless (example positions (B,), int64 augmentation seeds (B, 2)) of the global batches from `start_step`.
 
     Numpy only, so the order is cheap to compute and test: before `balanced_from_step`, epoch e is a
-    permutation seeded by (seed, e); from it on, each position picks a class uniformly among the classes
-    present, then an example of that class uniformly (P(example) proportional to 1 / its class count).
+    permutation seeded by (seed, e); from it on, each position draws a class c with probability proportional
+    to n_c * balanced_class_weights[c], then an example of that class uniformly: P(example) is proportional
+    to its class's weight, as in the in-memory pipeline. The weights are required when `balanced_from_step`
+    is set (`losses.base.sampling_class_weights` gives the configured ones).
     """
     if start_step < 0:
         raise ValueError(f"start_step={start_step}; allowed: start_step >= 0.")
     labels = np.asarray(labels)
     batches_per_epoch = steps_per_epoch(len(labels), batch_size)  # Checked here, not at the first batch.
+    class_probs = None
+    if balanced_from_step is not None:
+        class_probs = _balanced_class_probs(np.bincount(labels, minlength=num_classes), balanced_class_weights)
     return _global_batches(labels, num_classes, batches_per_epoch, batch_size=batch_size, seed=seed,
-                           start_step=start_step, balanced_from_step=balanced_from_step)
+                           start_step=start_step, balanced_from_step=balanced_from_step, class_probs=class_probs)
+
+
+def _balanced_class_probs(counts: np.ndarray, class_weights: np.ndarray | None) -> np.ndarray:
+    """P(class c) = n_c w_c / sum_k n_k w_k: the class shares of a draw with P(example) proportional to w_c."""
+    if class_weights is None:
+        raise ValueError("balanced_from_step is set but balanced_class_weights is None; allowed: per-class "
+                         "sampling weights (K,), e.g. losses.base.sampling_class_weights(config.loss, counts)")
+    class_weights = np.asarray(class_weights, dtype=np.float64)
+    if class_weights.shape != counts.shape or (class_weights < 0).any():
+        raise ValueError(f"balanced_class_weights has shape {class_weights.shape} and minimum "
+                         f"{class_weights.min() if class_weights.size else None}; allowed: {counts.shape[0]} "
+                         "weights >= 0")
+    mass = counts * class_weights
+    if mass.sum() <= 0:
+        raise ValueError("balanced_class_weights give every training example weight 0; allowed: a positive "
+                         "weight on at least one class that has examples")
+    return mass / mass.sum()
 
 
 def _global_batches(labels: np.ndarray, num_classes: int, batches_per_epoch: int, *, batch_size: int, seed: int,
-                    start_step: int, balanced_from_step: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    start_step: int, balanced_from_step: int | None,
+                    class_probs: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     by_class = np.argsort(labels, kind="stable")
     counts = np.bincount(labels, minlength=num_classes)
     class_starts = np.cumsum(counts) - counts
-    present = np.flatnonzero(counts)
     epoch, permutation = None, None
     for step in itertools.count(start_step):
         if balanced_from_step is not None and step >= balanced_from_step:
             rng = np.random.default_rng((seed, BALANCED_STREAM, step))
-            classes = present[rng.integers(len(present), size=batch_size)]
+            classes = rng.choice(num_classes, size=batch_size, p=class_probs)
             positions = by_class[class_starts[classes] + rng.integers(counts[classes])]
         else:
             if step // batches_per_epoch != epoch:

@@ -26,6 +26,10 @@ POSTHOC = ("none", "logit_adjust")  # config.eval.posthoc: applied at evaluation
 # Rules that re-weight the loss, and rules that re-sample the data; DRW/DRS defer theirs.
 _REWEIGHT_RULES = ("reweight", "drw")
 _RESAMPLE_RULES = ("resample", "drs")
+# How class-balanced sampling (resample / DRS) weighs a class's examples: "class_balanced" as the reference
+# ImbalancedDatasetSampler of the LDAM-DRW and RSG code ((1 - beta) / (1 - beta**n_c), beta = loss.cb_beta),
+# or "inverse_count" (1 / n_c: every class drawn equally often).
+SAMPLING_WEIGHTS = ("class_balanced", "inverse_count")
 _DEFERRED_RULES = ("drw", "drs")
 _MAX_LISTED_CLASSES = 10  # class ids named in an error before "and N more".
 
@@ -214,6 +218,25 @@ def balanced_sampling_at(loss_config: ml_collections.ConfigDict, epoch: jax.Arra
     return _in_second_stage(loss_config, epoch)
 
 
+def sampling_class_weights(loss_config: ml_collections.ConfigDict,
+                           class_counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Per-class weights (K,) of one example under class-balanced sampling; P(example) is proportional to them.
+
+    With beta = 0.9999 the reference form draws a class of n_c examples in proportion to
+    n_c (1 - beta) / (1 - beta**n_c): 1.27x more often at n_c = 5,000 than at n_c = 25, while "inverse_count"
+    draws every class equally often. The two agree as beta * n_c -> 0. A class without examples gets weight 0
+    (there is nothing to draw), so data that leaves a class empty still trains under the other rules.
+    """
+    counts = np.asarray(class_counts, dtype=np.float64)
+    present = counts > 0
+    if loss_config.sampling_weights == "inverse_count":
+        per_class = 1.0 / np.where(present, counts, 1.0)
+    else:
+        beta = loss_config.cb_beta
+        per_class = (1.0 - beta) / (1.0 - np.power(beta, np.where(present, counts, 1.0)))
+    return np.where(present, per_class, 0.0)
+
+
 def validate_loss_config(loss_config: ml_collections.ConfigDict, num_classes: int | None) -> None:
     """Fail early, with the allowed values, on a config the losses cannot run with.
 
@@ -225,6 +248,9 @@ def validate_loss_config(loss_config: ml_collections.ConfigDict, num_classes: in
         raise ValueError(f"config.loss.train_rule={loss_config.train_rule!r} is unknown; allowed: {TRAIN_RULES}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes={num_classes} must be >= 1")
+    if loss_config.sampling_weights not in SAMPLING_WEIGHTS:
+        raise ValueError(f"config.loss.sampling_weights={loss_config.sampling_weights!r} is unknown; "
+                         f"allowed: {SAMPLING_WEIGHTS}")
     if loss_config.second_stage_epoch < 0:
         raise ValueError(f"config.loss.second_stage_epoch={loss_config.second_stage_epoch} must be >= 0")
     if not 0.0 <= loss_config.cb_beta < 1.0:
