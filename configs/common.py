@@ -121,10 +121,14 @@ def get_config() -> ml_collections.ConfigDict:
     # False: the config's data must be the checkpoint's (source, subsampling, selection); True: evaluate on
     # other data, with the many/medium/few-shot groups of the checkpoint's training split.
     config.eval.other_data = False
-    # Post-hoc adjustment of any trained model: "none", or "logit_adjust" (argmax of logits - tau * log prior,
-    # the prior from the checkpoint's training split; Menon et al.).
+    # Post-hoc adjustment of any trained model: "none"; "logit_adjust" (argmax of logits - tau * log prior,
+    # the prior from the checkpoint's training split; Menon et al.); or "tau_norm" (a linear head's class
+    # weights w_j / ||w_j||^tau, no bias; Kang et al.).
     config.eval.posthoc = "none"
     config.eval.tau = 1.0
+    # A search over tau, e.g. "0,0.25,0.5,0.75,1": every value evaluated and the best one reported as selected
+    # on the test set (eval_results_POSTHOC_search.json); empty: only eval.tau.
+    config.eval.tau_search = ""
 
     # --- run ------------------------------------------------------------------------------------
     config.log_every_steps = 50

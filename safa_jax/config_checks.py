@@ -6,8 +6,9 @@ that leaves no tail class, a dataset smaller than a batch) run right after loadi
 
 from safa_jax.data.sources import validate_data_config
 from safa_jax.data.streaming import validate_stream_config
-from safa_jax.losses.base import POSTHOC, validate_loss_config
+from safa_jax.losses.base import POSTHOC, tau_search, validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES, NUM_STAGES
+from safa_jax.models.heads import resolve_head
 from safa_jax.models.batch_norm import validate_batch_norm_form
 from safa_jax.models.conv_backend import validate_conv_backend
 from safa_jax.models.safa import SAFA_KERNEL_SIZES, UPPER_BN_STATS
@@ -88,6 +89,12 @@ def validate_config(config) -> None:
         raise ValueError(f"unknown config.eval.posthoc={config.eval.posthoc!r}; allowed: {', '.join(POSTHOC)}")
     if config.eval.tau < 0:
         raise ValueError(f"config.eval.tau={config.eval.tau} must be >= 0")
+    tau_search(config.eval)  # Names a bad list.
+    if config.eval.posthoc == "tau_norm" and resolve_head(config.model.head, config.loss.name) != "linear":
+        raise ValueError(f"config.eval.posthoc='tau_norm' needs a linear head; this run's is "
+                         f"{resolve_head(config.model.head, config.loss.name)!r} (config.model.head="
+                         f"{config.model.head!r}, config.loss.name={config.loss.name!r}), whose cosine logits "
+                         "already use unit-norm class weights; allowed: config.model.head='linear'")
     if config.safa.enabled and config.safa.start_epoch >= config.num_epochs:
         raise ValueError(f"config.safa.start_epoch={config.safa.start_epoch} is not before "
                          f"config.num_epochs={config.num_epochs}: SAFA's augmented features would never join the "

@@ -24,6 +24,7 @@ from safa_jax.data.sources import LongTailedData, load_data
 from safa_jax.models import build_model
 from safa_jax.models.batch_norm import use_batch_norm_form
 from safa_jax.models.conv_backend import resolve_conv_backend, use_conv_backend
+from safa_jax.models.heads import resolve_head
 from safa_jax.models.safa import SafaModules, head_class_mask, resolve_num_slots
 from safa_jax.models.torch_import import init_from_pretrained
 from safa_jax.state import NnxBridge, TrainState
@@ -47,8 +48,7 @@ class Experiment:
 def resolve_config(config: ml_collections.ConfigDict, data: LongTailedData) -> ml_collections.ConfigDict:
     """Replaces the 'auto'/-1 fields by the values they stand for; the result is what config.json records."""
     config = ml_collections.ConfigDict(config.to_dict())
-    if config.model.head == "auto":
-        config.model.head = "normed" if config.loss.name == "ldam" else "linear"
+    config.model.head = resolve_head(config.model.head, config.loss.name)
     config.safa.num_slots = resolve_num_slots(config.safa.num_slots, config.batch_size)
     return config
 

@@ -311,7 +311,52 @@ def test_balanced_softmax_trains_and_posthoc_logit_adjustment_evaluates(tmp_path
     hits = np.argmax(logits - 2.0 * prior, axis=-1) == experiment.data.test_labels
     assert results["top1_accuracy"] == pytest.approx(100.0 * hits.mean())
     bad = run_cli([*args, "--mode=eval", "--config.eval.posthoc=tau"])
-    assert "unknown config.eval.posthoc='tau'; allowed: none, logit_adjust" in _last_line(bad)
+    assert "unknown config.eval.posthoc='tau'; allowed: none, logit_adjust, tau_norm" in _last_line(bad)
+
+
+def test_tau_normalisation_and_a_tau_search_evaluate_a_trained_run(tmp_path):
+    """Through the command line: --config.eval.posthoc=tau_norm at tau 0.5, and a search over three taus whose
+    entries equal single evaluations at those taus, with the best labelled as chosen on the test set."""
+    workdir = tmp_path / "run"
+    args = ["--config=configs/digits_lt.py", f"--workdir={workdir}", *TINY_FLAGS]
+    assert run_cli(args).returncode == 0
+    searched = run_cli([*args, "--mode=eval", "--config.eval.posthoc=tau_norm", "--config.eval.tau=0.5",
+                        "--config.eval.tau_search=0,0.5,1"])
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    single = json.loads((workdir / "eval_results_tau_norm_tau0.5.json").read_text())
+    search = json.loads((workdir / "eval_results_tau_norm_search.json").read_text())
+    assert [entry["tau"] for entry in search["taus"]] == [0.0, 0.5, 1.0]
+    assert search["taus"][1]["top1_accuracy"] == single["top1_accuracy"]
+    best = max(search["taus"], key=lambda entry: entry["top1_accuracy"])
+    assert (search["best_tau"], search["best_top1_accuracy"]) == (best["tau"], best["top1_accuracy"])
+    assert search["selection"] == "best tau chosen on the test set"
+
+    from configs import digits_lt
+    from safa_jax import checkpointing, evaluate
+    from safa_jax.experiment import restore_if_any
+    from safa_jax.models.heads import tau_normalized_linear
+    config = digits_lt.get_config()
+    for flag in TINY_FLAGS:
+        dotted, value = flag[len("--config."):].split("=")
+        section, _, name = dotted.rpartition(".")
+        node = config[section] if section else config
+        node[name] = type(node[name])(value)
+    experiment, state = build_experiment(config)
+    state = restore_if_any(experiment, checkpointing.Checkpoints(workdir), state)
+    params = dict(state.params["backbone"], head=tau_normalized_linear(state.params["backbone"]["head"], 1.0))
+    predict = evaluate.make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std)
+    logits = np.asarray(predict(params, state.batch_stats["backbone"], experiment.data.test_images))
+    hits = np.argmax(logits, axis=-1) == experiment.data.test_labels
+    assert search["taus"][2]["top1_accuracy"] == pytest.approx(100.0 * hits.mean())
+
+    for flags, message in [
+        (["--config.eval.posthoc=tau_norm", "--config.loss.name=ldam"],
+         "config.eval.posthoc='tau_norm' needs a linear head; this run's is 'normed'"),
+        (["--config.eval.posthoc=tau_norm", "--config.eval.tau_search=0,x"],
+         "config.eval.tau_search='0,x' is not a comma-separated list of numbers"),
+        (["--config.eval.tau_search=0,1"], "config.eval.tau_search='0,1' needs config.eval.posthoc"),
+    ]:
+        assert message in _last_line(run_cli([*args, "--mode=eval", *flags]))
 
 
 def test_errors_known_from_the_config_come_before_the_model_is_built(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from safa_jax.models import HEADS, MODEL_NAMES, build_model
-from safa_jax.models.heads import NormedLinear
+from safa_jax.models.heads import NormedLinear, resolve_head, tau_normalized_linear
 from safa_jax.models.resnet_cifar import BasicBlock, ResNetCifar, option_a_shortcut
 
 
@@ -234,3 +234,17 @@ def test_bad_stage_is_rejected_with_its_value(stage):
         model.feature_shape(stage, 8)
     with pytest.raises(ValueError, match=message):
         model.stage_channels(stage)
+
+
+def test_tau_normalisation_by_hand():
+    # Class columns (3, 4), (1, 0), (0, 2): norms 5, 1, 2. tau = 1 gives unit columns, tau = 0.5 divides by
+    # sqrt(5), 1, sqrt(2); the bias goes to 0 (the authors' tau-normalised classifier has none).
+    head = {"kernel": jnp.array([[3.0, 1.0, 0.0], [4.0, 0.0, 2.0]]), "bias": jnp.array([0.5, -1.0, 2.0])}
+    unit = tau_normalized_linear(head, 1.0)
+    np.testing.assert_allclose(unit["kernel"], [[0.6, 1.0, 0.0], [0.8, 0.0, 1.0]], rtol=1e-6)
+    np.testing.assert_array_equal(unit["bias"], [0.0, 0.0, 0.0])
+    half = tau_normalized_linear(head, 0.5)
+    np.testing.assert_allclose(half["kernel"], [[3 / 5**0.5, 1.0, 0.0], [4 / 5**0.5, 0.0, 2 / 2**0.5]], rtol=1e-6)
+    np.testing.assert_array_equal(tau_normalized_linear(head, 0.0)["kernel"], head["kernel"])
+    assert (resolve_head("auto", "ldam"), resolve_head("auto", "ce"), resolve_head("linear", "ldam")) == (
+        "normed", "linear", "linear")

@@ -21,7 +21,7 @@ import optax
 
 LOSS_NAMES = ("ce", "focal", "ldam", "balanced_softmax", "logit_adjusted")
 TRAIN_RULES = ("none", "reweight", "resample", "drw", "drs")
-POSTHOC = ("none", "logit_adjust")  # config.eval.posthoc: applied at evaluation (safa_jax/evaluate.py)
+POSTHOC = ("none", "logit_adjust", "tau_norm")  # config.eval.posthoc: applied at evaluation (safa_jax/evaluate.py)
 
 # Rules that re-weight the loss, and rules that re-sample the data; DRW/DRS defer theirs.
 _REWEIGHT_RULES = ("reweight", "drw")
@@ -235,6 +235,24 @@ def sampling_class_weights(loss_config: ml_collections.ConfigDict,
         beta = loss_config.cb_beta
         per_class = (1.0 - beta) / (1.0 - np.power(beta, np.where(present, counts, 1.0)))
     return np.where(present, per_class, 0.0)
+
+
+def tau_search(eval_config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """The taus of `config.eval.tau_search` ("0,0.5,1"), each >= 0; () when empty. Needs a post-hoc method."""
+    text = str(eval_config.tau_search).strip()
+    if not text:
+        return ()
+    try:
+        taus = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"config.eval.tau_search={text!r} is not a comma-separated list of numbers; "
+                         "allowed: e.g. '0,0.5,1'") from None
+    if any(tau < 0 for tau in taus):
+        raise ValueError(f"config.eval.tau_search={text!r} has a negative tau; allowed: taus >= 0")
+    if eval_config.posthoc == "none":
+        raise ValueError(f"config.eval.tau_search={text!r} needs config.eval.posthoc; allowed: "
+                         f"{', '.join(p for p in POSTHOC if p != 'none')}")
+    return taus
 
 
 def validate_loss_config(loss_config: ml_collections.ConfigDict, num_classes: int | None) -> None:

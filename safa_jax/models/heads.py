@@ -62,6 +62,25 @@ class NormedLinear(nnx.Module):
         return l2_normalize(x, axis=1) @ l2_normalize(self.weight[...], axis=0)
 
 
+def resolve_head(head: str, loss_name: str) -> str:
+    """`model.head`, with "auto" resolved: LDAM's cosine classifier ("normed") under the LDAM loss, else "linear"."""
+    if head == "auto":
+        return "normed" if loss_name == "ldam" else "linear"
+    return head
+
+
+def tau_normalized_linear(head_params: dict, tau: float) -> dict:
+    """Kang et al.'s tau-normalisation of a trained linear head: class j's weights w_j / ||w_j||^tau, no bias.
+
+    `head_params` holds a (features, K) `kernel` and a (K,) `bias`. The authors' tau-normalised classifier
+    scores f . w_j / ||w_j||^tau without the bias, so the bias is set to 0 (tau = 0 gives the plain weights
+    without their bias; tau = 1 unit-norm weights). A zero weight column keeps its zeros.
+    """
+    kernel = jnp.asarray(head_params["kernel"])
+    norms = jnp.maximum(jnp.linalg.norm(kernel, axis=0, keepdims=True), _NORMALIZE_EPS)
+    return {**head_params, "kernel": kernel / norms**tau, "bias": jnp.zeros_like(head_params["bias"])}
+
+
 def build_head(head: str, in_features: int, num_classes: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """The classifier named `head` (one of HEADS), initialised as in the LDAM-DRW reference."""
     if head == "linear":
