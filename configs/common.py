@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.flip = True  # horizontal flip (off for data where mirroring changes the class, e.g. digits).
     # Streamed data only: brightness/contrast/saturation jitter strength (0 = off; iNat recipes use 0.4).
     config.data.color_jitter = 0.0
+    # mixup (Zhang et al.): lam ~ Beta(alpha, alpha) per batch, in the jitted step; 0 = off (MiSLAS stage 1: 1.0).
+    config.data.mixup_alpha = 0.0
 
     # --- model ----------------------------------------------------------------------------------
     config.model = ml_collections.ConfigDict()

@@ -4,6 +4,7 @@ Each error names the field, the bad value and what is allowed. Checks that need 
 that leaves no tail class, a dataset smaller than a batch) run right after loading, still before training.
 """
 
+from safa_jax.data.mixup import validate_mixup_config
 from safa_jax.data.sources import validate_data_config
 from safa_jax.data.streaming import validate_stream_config
 from safa_jax.losses.base import POSTHOC, tau_search, validate_loss_config
@@ -54,6 +55,7 @@ def validate_config(config) -> None:
     validate_conv_backend(config.model)
     validate_batch_norm_form(config.model.batch_norm)
     validate_loss_config(config.loss, num_classes=None)
+    validate_mixup_config(config)
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
                   "checkpoint_every_steps", "keep_checkpoints"):
         _positive_int(config[field], field)

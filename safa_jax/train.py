@@ -25,7 +25,7 @@ import optax
 from safa_jax import (checkpointing, console, curves, epoch_log, evaluate, metrics, provenance, run_lock, sharding,
                       stop_signals)
 from safa_jax.config_checks import validate_config
-from safa_jax.data import device_pipeline
+from safa_jax.data import device_pipeline, mixup
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
                                  restore_if_any, split_record)
@@ -38,6 +38,7 @@ from safa_jax.state import NnxBridge, TrainState, count_params
 
 # fold_in data of the epoch order's key: the per-step keys fold in the step (< 2**32 - 1), never this.
 EPOCH_ORDER_STREAM = 2**32 - 1
+MIXUP_STREAM = 1  # fold_in data of a step's key for its mixup draw (the batch and SAFA keys come from a split).
 GUARDED_METRICS = ("loss", "grad_norm")  # a NaN gradient corrupts the parameters even while the loss looks fine.
 
 
@@ -155,8 +156,10 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
     batch_sharding = sharding.batch_sharded(mesh)
     schedule = learning_rate_schedule(config.optim, spe)
     precision = Precision.from_config(config.model)
+    mixup_alpha = float(config.data.mixup_alpha)
 
-    def loss_fn(params, batch_stats, x, y, epoch, key):
+    def loss_fn(params, batch_stats, x, y, epoch, key, mixed_with=None):
+        """`mixed_with`: (partner labels, lam) of a mixup batch, whose loss mixes the two labels' losses."""
         # bfloat16 compute: cast here, inside the differentiated function, so gradients come back float32.
         params, x = precision.to_compute(params), precision.to_compute(x)
         backbone = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
@@ -193,10 +196,16 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
             logits = backbone(x, train=True)
         new_stats["backbone"] = NnxBridge.batch_stats_of(backbone)
         logits = precision.to_float32(logits)
-        cls_loss = base_loss(logits, y_all, weights, epoch, class_weighted)
         real_logits = logits[:y.shape[0]]
+        hits = jnp.argmax(real_logits, -1) == y
+        if mixed_with is None:
+            cls_loss = base_loss(logits, y_all, weights, epoch, class_weighted)
+        else:  # mixup, never with SAFA (config check): logits are the real batch's only.
+            y_partner, lam = mixed_with
+            cls_loss = mixup.mixed_loss(base_loss, logits, y, y_partner, lam, weights, epoch)
+            hits = lam * hits + (1.0 - lam) * (jnp.argmax(real_logits, -1) == y_partner)
         aux["classification_loss"] = cls_loss
-        aux["train_accuracy"] = jnp.mean(jnp.argmax(real_logits, -1) == y) * 100.0
+        aux["train_accuracy"] = jnp.mean(hits) * 100.0
         return cls_loss + safa_loss, (new_stats, aux)
 
     def step_fn(state: TrainState, batch_args, seed_key):
@@ -207,8 +216,13 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
         x, y = batch_input.draw(batch_args, k_batch, step, epoch)
         x = jax.lax.with_sharding_constraint(x, batch_sharding)
         y = jax.lax.with_sharding_constraint(y, batch_sharding)
+        mixed_with = None
+        if mixup_alpha > 0:  # its own key stream, so runs without mixup draw exactly what they drew before
+            x, y_partner, lam = mixup.mix_batch(x, y, jax.random.fold_in(key, MIXUP_STREAM), alpha=mixup_alpha)
+            x = jax.lax.with_sharding_constraint(x, batch_sharding)
+            mixed_with = (jax.lax.with_sharding_constraint(y_partner, batch_sharding), lam)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (new_stats, aux)), grads = grad_fn(state.params, state.batch_stats, x, y, epoch, k_safa)
+        (loss, (new_stats, aux)), grads = grad_fn(state.params, state.batch_stats, x, y, epoch, k_safa, mixed_with)
         updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics_out = dict(aux, loss=loss, learning_rate=schedule(step), grad_norm=optax.global_norm(grads))

@@ -314,6 +314,17 @@ def test_balanced_softmax_trains_and_posthoc_logit_adjustment_evaluates(tmp_path
     assert "unknown config.eval.posthoc='tau'; allowed: none, logit_adjust, tau_norm" in _last_line(bad)
 
 
+def test_mixup_trains_and_evaluates_through_the_command_line(tmp_path):
+    workdir = tmp_path / "run"
+    args = ["--config=configs/digits_lt.py", f"--workdir={workdir}", *TINY_FLAGS, "--config.data.mixup_alpha=1.0"]
+    trained = run_cli(args)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads((workdir / "config.json").read_text())["data"]["mixup_alpha"] == 1.0
+    assert json.loads((workdir / "eval_results.json").read_text())["step"] == 3
+    bad = run_cli([f"--workdir={tmp_path / 'bad'}", "--config.data.mixup_alpha=-0.5"])
+    assert _last_line(bad).endswith("config.data.mixup_alpha=-0.5 must be a number >= 0 (0 = off; MiSLAS uses 1.0)")
+
+
 def test_tau_normalisation_and_a_tau_search_evaluate_a_trained_run(tmp_path):
     """Through the command line: --config.eval.posthoc=tau_norm at tau 0.5, and a search over three taus whose
     entries equal single evaluations at those taus, with the best labelled as chosen on the test set."""
