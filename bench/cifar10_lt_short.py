@@ -40,7 +40,7 @@ def variant_config(name: str, rho: float, epochs: int):
     config = cifar10_lt.get_config(str(rho))
     config.data.source = f"folder:{SHARED_CIFAR10}"
     config.loss.name, config.loss.train_rule = spec["loss"], spec["rule"]
-    config.safa.enabled = spec["safa"]
+    config.method = "safa" if spec["safa"] else "plain"
     config.num_epochs = epochs
     config.optim.warmup_epochs = 1
     config.optim.decay_epochs = (epochs - 1,)

@@ -105,7 +105,7 @@ ensure_ml_collections() {
 variant_flags() {
     case $1 in
         ldam_drw) ;;
-        ldam_drw_safa) echo "--config.safa.enabled=True" ;;
+        ldam_drw_safa) echo "--config.method=safa" ;;
         *) return 1 ;;
     esac
 }

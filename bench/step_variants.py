@@ -44,7 +44,7 @@ def variant_timer(args: argparse.Namespace, model_overrides: dict, keeps_block_o
     """timer(): images/s of --steps steps of one variant of the step, compiled and warmed up here."""
     config = cifar10_lt.get_config("100")
     config.batch_size = args.batch_size
-    config.safa.enabled = args.safa
+    config.method = "safa" if args.safa else "plain"
     config.model.update(model_overrides)
     not_kept = mock.patch.object(conv_backend, "keep_in_memory", unchanged)
     with contextlib.nullcontext() if keeps_block_outputs else not_kept:

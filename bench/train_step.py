@@ -93,7 +93,7 @@ def jax_repeat(args: argparse.Namespace, *, safa: bool) -> Callable[[], float]:
     config.batch_size = args.batch_size
     config.model.width = args.width
     config.model.blocks_per_stage = args.blocks_per_stage
-    config.safa.enabled = safa
+    config.method = "safa" if safa else "plain"
     config.model.conv_backend = args.conv_backend
     config.model.batch_norm = args.batch_norm
     run = step_runner(config, synthetic_cifar_lt(), with_augmented=safa)

@@ -57,7 +57,7 @@ def compiled_step(config, data, with_augmented: bool):
     """(compiled step, initial state, its batch arguments) for one variant of the project's train step."""
     experiment, state = build_experiment(config, data=data, mesh=sharding.make_mesh())
     batch_input = make_input(experiment, start_step=0)
-    step_fn = make_train_step(experiment, batch_input, with_augmented=with_augmented)
+    step_fn = make_train_step(experiment, batch_input, variant=with_augmented)
     args = batch_input.batch_args(0)
     return step_fn.lower(state, args, jax.random.key(0)).compile(), state, args
 
@@ -123,7 +123,7 @@ def main() -> None:
         config.model.width = 16 if args.model == "resnet32" else 64
         config.data.image_size = args.image_size
         config.data.crop_padding = args.image_size // 8
-        config.safa.enabled = safa
+        config.method = "safa" if safa else "plain"
         config.safa.stage = args.stage
         config.safa.kernel_size = args.safa_kernel_size
         config.model.conv_backend = args.conv_backend

@@ -89,9 +89,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.decay_epochs = (160, 180)  # from these (0-based) epochs ...
     config.optim.decay_factors = (0.01, 0.0001)  # ... lr = base lr * factor.
 
-    # --- SAFA (see docs/method.md; (R) = our reconstruction) -------------------------------------
+    # --- training method ------------------------------------------------------------------------
+    # "plain" (the backbone on the real batch) or "safa" (its settings below); safa_jax/methods/.
+    config.method = "plain"
+    # A finished run's folder whose backbone starts this run (two-stage methods: --config.method=crt); "" = none.
+    config.init_from = ""
+
+    # --- SAFA (config.method="safa"; see docs/method.md; (R) = our reconstruction) ---------------
     config.safa = ml_collections.ConfigDict()
-    config.safa.enabled = False
     config.safa.stage = 2  # insert after stage 1, 2 or 3 of the backbone.
     config.safa.head_ratio = 0.2  # (R) top fraction of classes by count that are head classes.
     config.safa.num_slots = -1  # (R) generated tail features per batch; -1 = batch_size // 2.

@@ -7,6 +7,7 @@ model is refused with a clear message before Orbax sees mismatched shapes.
 
 import logging
 import pathlib
+import re
 import zlib
 from typing import Any
 
@@ -17,10 +18,15 @@ import orbax.checkpoint as ocp
 # Config fields that fix the shapes of the saved state: they must match to restore. Fields that only change
 # how a step computes (model.compute_dtype) or where training started (model.init_checkpoint) are not
 # compared, so a run can resume or be evaluated with another setting.
-SHAPE_DEFINING_FIELDS = ("model.name", "model.width", "model.blocks_per_stage", "model.head", "safa.enabled",
+SHAPE_DEFINING_FIELDS = ("model.name", "model.width", "model.blocks_per_stage", "model.head", "method",
                          "safa.stage", "safa.q_width", "safa.kernel_size", "safa.delta_channels", "data.channels")
 # Shape-defining fields added after checkpoints were written: a checkpoint without the field had this value.
 ADDED_FIELD_DEFAULTS = {"safa.delta_channels": -1}
+
+
+def _method_of_older_config(config_dict: dict[str, Any]) -> str:
+    """`method` of a config written before the field existed, when `safa.enabled` chose between the two."""
+    return "safa" if config_dict.get("safa", {}).get("enabled") else "plain"
 
 
 class CheckpointMismatchError(ValueError):
@@ -39,6 +45,12 @@ def state_checksums(state) -> dict[str, int]:
     host = jax.device_get(state)
     return {jax.tree_util.keystr(path): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
             for path, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
+
+
+def plain_path(keystr: str) -> str:
+    """A tree path without what distinguishes a dataclass field from a dict key or an int key from a digit
+    string (".params['stages'][0]" and "['params']['stages']['0']" both give "params/stages/0")."""
+    return "/".join(part for part in re.split(r"[.\[\]'\"]+", keystr) if part)
 
 
 class Checkpoints:
@@ -94,6 +106,26 @@ class Checkpoints:
             logging.info("Checkpoint step %d has no recorded checksums (written by an older version)", step)
         return restored
 
+    def restore_arrays(self, step: int, checksums: dict[str, int] | None = None) -> dict[str, Any]:
+        """The state at `step` as nested dicts of host arrays ("params", "batch_stats", ...), without a target:
+        for reading another run's parts (`safa_jax.warm_start`). Verified against `checksums` as `restore`."""
+        self._require(step)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory} cannot be read: "
+                                         f"{_first_line(error)}") from None
+        if checksums is not None:
+            # Saved from a TrainState (".params['backbone']['stages'][0]..."), restored as dicts with string keys
+            # ("['params']['backbone']['stages']['0']..."): compared by `plain_path`.
+            recorded = {plain_path(path): crc for path, crc in checksums.items()}
+            differing = [path for path, crc in state_checksums(restored).items() if recorded.get(plain_path(path)) != crc]
+            if differing:
+                raise CheckpointCorruptError(
+                    f"checkpoint step {step} in {self.directory} is corrupt: {len(differing)} arrays differ from "
+                    f"the checksums recorded when it was saved, first {differing[0]}")
+        return restored
+
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk (call before exit)."""
         self._manager.wait_until_finished()
@@ -121,6 +153,8 @@ def shape_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         fields[dotted] = ADDED_FIELD_DEFAULTS.get(dotted) if value is None else value
+    if fields["method"] is None:
+        fields["method"] = _method_of_older_config(config_dict)
     return fields
 
 

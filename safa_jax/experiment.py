@@ -5,6 +5,7 @@ becomes a model, and a checkpoint is only restored into the model that wrote it.
 """
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -21,13 +22,14 @@ from safa_jax import checkpointing, sharding
 from safa_jax.config_checks import validate_config
 from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData, load_data
+from safa_jax.methods import METHODS, Method, ModuleSetup
 from safa_jax.models import build_model
 from safa_jax.models.batch_norm import use_batch_norm_form
 from safa_jax.models.conv_backend import resolve_conv_backend, use_conv_backend
 from safa_jax.models.heads import resolve_head
-from safa_jax.models.safa import SafaModules, head_class_mask, resolve_num_slots
 from safa_jax.models.torch_import import init_from_pretrained
 from safa_jax.state import NnxBridge, TrainState
+from safa_jax.warm_start import backbone_from_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,18 +40,17 @@ class Experiment:
     data: LongTailedData
     mesh: jax.sharding.Mesh
     backbone: NnxBridge
-    safa: NnxBridge | None
+    method: Method  # config.method's, built: its modules' bridge, variants and classifier batch
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
     num_train_steps: int
-    is_head_class: np.ndarray
 
 
 def resolve_config(config: ml_collections.ConfigDict, data: LongTailedData) -> ml_collections.ConfigDict:
     """Replaces the 'auto'/-1 fields by the values they stand for; the result is what config.json records."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.head = resolve_head(config.model.head, config.loss.name)
-    config.safa.num_slots = resolve_num_slots(config.safa.num_slots, config.batch_size)
+    METHODS[config.method].resolve_config(config)
     return config
 
 
@@ -71,11 +72,19 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
     return schedule
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-    """PyTorch SGD: L2 weight decay added to the gradient of every parameter, then heavy-ball momentum."""
-    return optax.chain(
+def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
+                   trainable: Any = None) -> optax.GradientTransformation:
+    """PyTorch SGD: L2 weight decay added to the gradient of every parameter, then heavy-ball momentum.
+
+    `trainable` (a tree of bools like the parameters, from the method; None: all train): the others get a
+    zero update, so a frozen backbone keeps its weights exactly (no weight decay either)."""
+    sgd = optax.chain(
         optax.add_decayed_weights(optim.weight_decay),
         optax.sgd(learning_rate_schedule(optim, steps_per_epoch), momentum=optim.momentum))
+    if trainable is None:
+        return sgd
+    labels = jax.tree.map(lambda trains: "train" if trains else "frozen", trainable)
+    return optax.multi_transform({"train": sgd, "frozen": optax.set_to_zero()}, labels)
 
 
 def load_training_data(data_config: ml_collections.ConfigDict):
@@ -98,45 +107,44 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     spe = device_pipeline.steps_per_epoch(len(data.train_ids), config.batch_size)
     total_steps = config.num_epochs * spe
     num_train_steps = total_steps if config.num_train_steps == -1 else min(config.num_train_steps, total_steps)
-    if config.safa.enabled and num_train_steps <= config.safa.start_epoch * spe:
-        logging.warning("config.num_train_steps=%d ends the run before config.safa.start_epoch=%d (step %d): "
-                        "SAFA's augmented features will not join the classification loss in this run",
-                        num_train_steps, config.safa.start_epoch, config.safa.start_epoch * spe)
 
     rngs = nnx.Rngs(config.seed)
     model = build_model(config.model.name, num_classes=data.num_classes, in_channels=config.data.channels,
                         width=config.model.width, blocks_per_stage=config.model.blocks_per_stage,
                         head=config.model.head, rngs=rngs)
-    use_conv_backend(model, conv_backend)
-    use_batch_norm_form(model, config.model.batch_norm)
+    prepare = functools.partial(_prepare_module, conv_backend=conv_backend, batch_norm=config.model.batch_norm)
+    prepare(model)
     backbone, params, stats = NnxBridge.split(model)
     if config.model.init_checkpoint:
         params, stats, head_loaded = init_from_pretrained(config.model.init_checkpoint, params, stats,
                                                           model_name=config.model.name)
         logging.info("Backbone weights from %s (classifier %s)", config.model.init_checkpoint,
                      "loaded too" if head_loaded else "freshly initialised: other class count or head")
+    method_class = METHODS[config.method]
+    if config.init_from:
+        params, stats = backbone_from_run(config.init_from, params, stats,
+                                          keep_classifier=not method_class.reinitialises_classifier)
     params, stats = {"backbone": params}, {"backbone": stats}
-    safa_bridge = None
-    is_head_class = np.zeros(data.num_classes, bool)
-    if config.safa.enabled:
-        is_head_class = head_class_mask(data.class_counts, config.safa.head_ratio)
-        channels = model.feature_shape(config.safa.stage, config.data.image_size)[-1]
-        if config.safa.q_width == -1:
-            config.safa.q_width = channels
-        modules = SafaModules(channels, q_width=config.safa.q_width, kernel_size=config.safa.kernel_size,
-                              delta_channels=config.safa.delta_channels, rngs=rngs)
-        use_conv_backend(modules, conv_backend)
-        use_batch_norm_form(modules, config.model.batch_norm)
-        safa_bridge, params["safa"], stats["safa"] = NnxBridge.split(modules)
+    # After the backbone, from the same Rngs: a method's modules are the same for the same seed.
+    method = method_class(ModuleSetup(config=config, class_counts=np.asarray(data.class_counts),
+                                                backbone=model, rngs=rngs, prepare=prepare, steps_per_epoch=spe,
+                                                num_train_steps=num_train_steps))
+    if method.bridge is not None:
+        params[method.name], stats[method.name] = method.initial_params, method.initial_stats
 
-    optimizer = make_optimizer(config.optim, spe)
+    optimizer = make_optimizer(config.optim, spe, trainable=method.trainable(params))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
                        opt_state=optimizer.init(params))
     state = sharding.put_replicated(state, mesh)
-    experiment = Experiment(config=config, data=data, mesh=mesh, backbone=backbone, safa=safa_bridge,
-                            optimizer=optimizer, steps_per_epoch=spe, num_train_steps=num_train_steps,
-                            is_head_class=is_head_class)
+    experiment = Experiment(config=config, data=data, mesh=mesh, backbone=backbone, method=method,
+                            optimizer=optimizer, steps_per_epoch=spe, num_train_steps=num_train_steps)
     return experiment, state
+
+
+def _prepare_module(module: nnx.Module, *, conv_backend, batch_norm: str) -> None:
+    """The one construction hook: the run's convolution implementation and BatchNorm form, on any new module."""
+    use_conv_backend(module, conv_backend)
+    use_batch_norm_form(module, batch_norm)
 
 
 def split_record(data: LongTailedData) -> dict[str, Any]:

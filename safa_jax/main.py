@@ -15,6 +15,10 @@ from safa_jax.process_settings import apply_cpu_process_settings
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits_lt.py"
 
+# Fields that were replaced, and what to write instead.
+REPLACED_FIELDS = {"safa.enabled": "write --config.method=safa (or --config.method=plain) instead"}
+
+
 def _config_error(error: Exception, argv: list[str]) -> str:
     """One line for a config that cannot be loaded: a missing or broken file, or an unknown field."""
     config_files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
@@ -22,6 +26,8 @@ def _config_error(error: Exception, argv: list[str]) -> str:
     if isinstance(error, (KeyError, AttributeError)):
         missing = str(error).strip("'\"")
         named = [o for o in overrides if missing in o.split(".")] or [missing]
+        if named[0] in REPLACED_FIELDS:
+            return f"--config.{named[0]} is gone: {REPLACED_FIELDS[named[0]]}"
         return (f"unknown config field --config.{named[0]}; the fields and their meaning are in configs/common.py "
                 "(and the config file's own additions)")
     if isinstance(error, OSError) and config_files:

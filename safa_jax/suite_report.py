@@ -48,7 +48,7 @@ def run_status(workdir: pathlib.Path, rows: list[dict] | None = None) -> RunStat
 
 
 def _is_safa(run: Run) -> bool:
-    return bool(run.overrides.get("safa.enabled", False))
+    return run.overrides.get("method") == "safa"
 
 
 def _hours(seconds: float) -> str:

@@ -1,9 +1,10 @@
-"""Training: one jitted, sharded step that draws, augments and classifies a batch, with SAFA optional.
+"""Training: one jitted, sharded step that draws, augments and classifies a batch, for any training method.
 
 The whole (small, long-tailed) training set lives on the devices as uint8; each step draws its batch
 inside jit from `fold_in(seed, step)`, so the input never stalls the step and a resumed run sees exactly
-the batches of an uninterrupted one. The step is compiled in two variants, before and after augmented
-features join the classification loss (their shapes differ); the host picks one per step.
+the batches of an uninterrupted one. The method (`config.method`, safa_jax/methods/) gives the step its
+classification batch and own loss; a method with compiled variants (SAFA's, before and after its augmented
+features join the classification loss) names the one each epoch uses, and the host compiles each once.
 """
 
 import contextlib
@@ -13,7 +14,7 @@ import json
 import logging
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -30,15 +31,13 @@ from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
                                  restore_if_any, split_record)
 from safa_jax.losses.base import balanced_sampling_at, make_base_loss, sampling_class_weights
-from safa_jax.losses.safa import safa_total_loss
-from safa_jax.models.safa import safa_augment
 from safa_jax.precision import Precision
 from safa_jax.state import NnxBridge, TrainState, count_params
 
 
 # fold_in data of the epoch order's key: the per-step keys fold in the step (< 2**32 - 1), never this.
 EPOCH_ORDER_STREAM = 2**32 - 1
-MIXUP_STREAM = 1  # fold_in data of a step's key for its mixup draw (the batch and SAFA keys come from a split).
+MIXUP_STREAM = 1  # fold_in data of a step's key for its mixup draw (the batch and method keys come from a split).
 GUARDED_METRICS = ("loss", "grad_norm")  # a NaN gradient corrupts the parameters even while the loss looks fine.
 
 
@@ -141,18 +140,16 @@ def make_input(experiment: Experiment, start_step: int) -> InMemoryInput | Strea
 
 
 def make_train_step(experiment: Experiment, batch_input: InMemoryInput | StreamedInput, *,
-                    with_augmented: bool) -> Callable:
+                    variant: Hashable = None) -> Callable:
     """jit(state, batch_args, seed_key) -> (state, metrics); `batch_args` from `batch_input.batch_args(step)`.
 
-    `with_augmented`: SAFA's generated tail features join the classification loss (from safa.start_epoch).
+    `variant`: the method's compiled variant (`experiment.method.variant_at(epoch)`; SAFA: whether its
+    augmented features join the classification loss).
     """
     config, mesh = experiment.config, experiment.mesh
     spe = experiment.steps_per_epoch
     base_loss = make_base_loss(config.loss, experiment.data.class_counts)
-    safa_cfg = config.safa
-    use_safa = experiment.safa is not None
-    is_head_class = jnp.asarray(experiment.is_head_class)
-    class_counts = jnp.asarray(experiment.data.class_counts, jnp.float32)
+    method = experiment.method
     batch_sharding = sharding.batch_sharded(mesh)
     schedule = learning_rate_schedule(config.optim, spe)
     precision = Precision.from_config(config.model)
@@ -163,56 +160,30 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
         # bfloat16 compute: cast here, inside the differentiated function, so gradients come back float32.
         params, x = precision.to_compute(params), precision.to_compute(x)
         backbone = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
-        new_stats, aux = {}, {}
-        weights = jnp.ones(y.shape, jnp.float32)
-        class_weighted = None  # (B + M,) bool: which samples the train rule's class weights apply to; None: all.
-        if use_safa:
-            features = backbone.lower(x, safa_cfg.stage, train=True)
-            modules = experiment.safa.merge(params["safa"], batch_stats["safa"])
-            out = safa_augment(modules, features, y, is_head_class, key, num_slots=safa_cfg.num_slots,
-                               safa_config=safa_cfg, train=True, class_counts=class_counts)
-            new_stats["safa"] = NnxBridge.batch_stats_of(modules)
-            out = out.replace(terms=precision.to_float32(out.terms), parts=precision.to_float32(out.parts),
-                              stats=precision.to_float32(out.stats))
-            safa_loss = safa_total_loss(out.terms, safa_cfg)
-            aux.update({f"safa/{name}": value for name, value in out.terms.items()})
-            aux.update({f"safa/{name}": value for name, value in out.stats.items()})
-            aux.update({f"safa/part/{name}": value for name, value in out.parts.items()})
-            upper_mask = None
-            if with_augmented:
-                features = jnp.concatenate([features, out.features.astype(features.dtype)])
-                y_all = jnp.concatenate([y, out.labels])
-                weights = jnp.concatenate([weights, out.weights])
-                is_real = jnp.arange(y_all.shape[0]) < y.shape[0]
-                if not safa_cfg.augmented_class_weights:
-                    class_weighted = is_real
-                if safa_cfg.upper_bn_stats == "real":
-                    upper_mask = is_real
-            else:
-                y_all = y
-            logits = backbone.classify(backbone.upper(features, safa_cfg.stage, train=True, mask=upper_mask))
-        else:
-            y_all, safa_loss = y, 0.0
-            logits = backbone(x, train=True)
-        new_stats["backbone"] = NnxBridge.batch_stats_of(backbone)
-        logits = precision.to_float32(logits)
+        batch = method.classifier_batch(backbone, params.get(method.name), batch_stats.get(method.name), x, y, key,
+                                        variant=variant, precision=precision)
+        new_stats = {"backbone": NnxBridge.batch_stats_of(backbone)}
+        if method.bridge is not None:
+            new_stats[method.name] = batch.batch_stats
+        aux = dict(batch.metrics)
+        logits = precision.to_float32(batch.logits)
         real_logits = logits[:y.shape[0]]
         hits = jnp.argmax(real_logits, -1) == y
         if mixed_with is None:
-            cls_loss = base_loss(logits, y_all, weights, epoch, class_weighted)
-        else:  # mixup, never with SAFA (config check): logits are the real batch's only.
+            cls_loss = base_loss(logits, batch.labels, batch.sample_weights, epoch, batch.class_weighted)
+        else:  # mixup, with the plain method only (config check): the logits are the real batch's.
             y_partner, lam = mixed_with
-            cls_loss = mixup.mixed_loss(base_loss, logits, y, y_partner, lam, weights, epoch)
+            cls_loss = mixup.mixed_loss(base_loss, logits, y, y_partner, lam, batch.sample_weights, epoch)
             hits = lam * hits + (1.0 - lam) * (jnp.argmax(real_logits, -1) == y_partner)
         aux["classification_loss"] = cls_loss
         aux["train_accuracy"] = jnp.mean(hits) * 100.0
-        return cls_loss + safa_loss, (new_stats, aux)
+        return cls_loss + batch.extra_loss, (new_stats, aux)
 
     def step_fn(state: TrainState, batch_args, seed_key):
         step = state.step
         epoch = step // spe
         key = jax.random.fold_in(seed_key, step)
-        k_batch, k_safa = jax.random.split(key)
+        k_batch, k_method = jax.random.split(key)
         x, y = batch_input.draw(batch_args, k_batch, step, epoch)
         x = jax.lax.with_sharding_constraint(x, batch_sharding)
         y = jax.lax.with_sharding_constraint(y, batch_sharding)
@@ -222,7 +193,7 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
             x = jax.lax.with_sharding_constraint(x, batch_sharding)
             mixed_with = (jax.lax.with_sharding_constraint(y_partner, batch_sharding), lam)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (new_stats, aux)), grads = grad_fn(state.params, state.batch_stats, x, y, epoch, k_safa, mixed_with)
+        (loss, (new_stats, aux)), grads = grad_fn(state.params, state.batch_stats, x, y, epoch, k_method, mixed_with)
         updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics_out = dict(aux, loss=loss, learning_rate=schedule(step), grad_norm=optax.global_norm(grads))
@@ -284,9 +255,9 @@ def _train_built(config, workdir: pathlib.Path, checkpoints: checkpointing.Check
     logging.info("Data %s: %d train images in %d classes (counts %s ... %s), %d test images",
                  config.data.source, len(data.train_labels), data.num_classes, data.class_counts[:3].tolist(),
                  data.class_counts[-3:].tolist(), len(data.test_labels))
-    logging.info("Backbone %s: %d parameters; SAFA modules: %s", config.model.name,
-                 count_params(state.params["backbone"]),
-                 count_params(state.params["safa"]) if "safa" in state.params else "off")
+    logging.info("Backbone %s: %d parameters; method %s%s", config.model.name, count_params(state.params["backbone"]),
+                 config.method, "".join(f", {name} modules: {count_params(p)} parameters"
+                                        for name, p in state.params.items() if name != "backbone"))
 
     return _train_loop(experiment, state, checkpoints, workdir, stop)
 
@@ -303,7 +274,7 @@ def _train_loop(experiment: Experiment, state: TrainState, checkpoints: checkpoi
 
     batch_input = make_input(experiment, start_step=int(state.step))
     seed_key = jax.random.key(config.seed)
-    steps = {flag: make_train_step(experiment, batch_input, with_augmented=flag) for flag in (False, True)}
+    steps: dict[Hashable, Callable] = {}  # the method's compiled variants, each made when first used
     predict = evaluate.make_predict_fn(experiment.backbone, data.mean, data.std,
                                        compute_dtype=config.model.compute_dtype)
     out = console.Console(enabled=is_main)
@@ -316,15 +287,17 @@ def _train_loop(experiment: Experiment, state: TrainState, checkpoints: checkpoi
     step = int(state.step)
     if is_main:
         provenance.record_start(workdir, start_step=step, device=jax.devices()[0].device_kind)
-    out.line(f"{workdir}: {config.model.name}{' + SAFA' if experiment.safa else ''}, {len(data.train_labels)} training "
+    out.line(f"{workdir}: {config.model.name}{experiment.method.label}, {len(data.train_labels)} training "
              f"images in {data.num_classes} classes, {experiment.num_train_steps} steps"
              + (f"; resuming at step {step}" if step else ""))
     start_time = epoch_start = time.time()
     final = None
     while step < experiment.num_train_steps:
         epoch = step // spe
-        with_augmented = experiment.safa is not None and epoch >= config.safa.start_epoch
-        state, step_metrics = steps[with_augmented](state, batch_input.batch_args(step), seed_key)
+        variant = experiment.method.variant_at(epoch)
+        if variant not in steps:
+            steps[variant] = make_train_step(experiment, batch_input, variant=variant)
+        state, step_metrics = steps[variant](state, batch_input.batch_args(step), seed_key)
         pending.append(step_metrics)
         epoch_metrics.append(step_metrics)
         step += 1

@@ -38,6 +38,7 @@ from safa_jax.data.device_pipeline import normalize, to_unit_float
 from safa_jax.data.longtail import FEW_SHOT_BELOW, MANY_SHOT_ABOVE, shot_buckets
 from safa_jax.data.sources import LongTailedData
 from safa_jax.experiment import Experiment, build_experiment, restore_if_any
+from safa_jax.methods import SafaMethod
 from safa_jax.models.safa import head_class_mask, safa_augment
 from safa_jax.state import TrainState
 
@@ -109,7 +110,7 @@ def collect_features(experiment: Experiment, state: TrainState, split: str, *, m
         raise ValueError(f"split={split!r} is unknown; allowed: {', '.join(SPLITS)}.")
     _check_max_points(max_points)
     config, data = experiment.config, experiment.data
-    with_augmented = split == "train" and experiment.safa is not None
+    with_augmented = split == "train" and isinstance(experiment.method, SafaMethod)
     per_group = max_points // (3 if with_augmented else 2)
     images, labels = ((data.train_images, data.train_labels) if split == "train"
                       else (data.test_images, data.test_labels))
@@ -174,12 +175,12 @@ def _augmented_features(experiment: Experiment, state: TrainState, target: int, 
     config, mesh = experiment.config, experiment.mesh
     safa_config, stage = config.safa, config.safa.stage
     mean, std = experiment.data.mean, experiment.data.std
-    is_head_class = np.asarray(experiment.is_head_class)
+    is_head_class = np.asarray(experiment.method.is_head_class)
 
     @jax.jit
     def augment(params, batch_stats, batch, batch_labels, key):
         model = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
-        modules = experiment.safa.merge(params["safa"], batch_stats["safa"])
+        modules = experiment.method.bridge.merge(params["safa"], batch_stats["safa"])
         x = normalize(to_unit_float(batch), mean, std)
         out = safa_augment(modules, model.lower(x, stage, train=False), batch_labels, is_head_class, key,
                            num_slots=safa_config.num_slots, safa_config=safa_config, train=True,
@@ -358,7 +359,7 @@ def visualize_run(workdir: str | pathlib.Path, *, checkpoint_step: int | None = 
     for split in SPLITS:
         features = collect_features(experiment, state, split, max_points=max_points, seed=seed)
         title = f"{heading}\nt-SNE of pooled {split} features"
-        if split == "train" and experiment.safa is None:
+        if split == "train" and not isinstance(experiment.method, SafaMethod):
             title += " (trained without SAFA: no augmented tail features)"
         paths[f"tsne_{split}"] = figures / f"tsne_{split}.png"
         plot_embedding(embed_tsne(features.features, seed), features.groups, title=title,

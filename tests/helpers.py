@@ -64,7 +64,7 @@ def three_augmented_steps(config, mesh):
 
     experiment, state = build_experiment(config, data=tiny_data(), mesh=mesh)
     batch_input = make_input(experiment, start_step=0)
-    step = make_train_step(experiment, batch_input, with_augmented=True)
+    step = make_train_step(experiment, batch_input, variant=True)
     losses = []
     for index in range(3):
         state, metrics = step(state, batch_input.batch_args(index), jax.random.key(index))

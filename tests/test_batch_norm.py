@@ -69,7 +69,7 @@ def test_folded_matches_flax_outputs_gradients_and_statistics(masked):
 def test_train_steps_match_flax_form():
     """Three ResNet + SAFA train steps from the same state: losses and parameters agree across the two forms."""
     def run(form):
-        config = tiny_config(model__batch_norm=form, model__conv_backend="xla", safa__enabled=True,
+        config = tiny_config(model__batch_norm=form, model__conv_backend="xla", method="safa",
                              safa__start_epoch=0)
         losses, state, _ = three_augmented_steps(config, ONE_DEVICE)
         return losses, state
@@ -91,10 +91,10 @@ def test_unknown_form_is_refused_before_data_loads():
 
 @pytest.mark.parametrize("form", ["flax", "folded"])
 def test_every_batch_norm_of_the_models_is_switched(form):
-    config = tiny_config(model__batch_norm=form, safa__enabled=True)
+    config = tiny_config(model__batch_norm=form, method="safa")
     experiment, state = build_experiment(config, data=tiny_data(), mesh=ONE_DEVICE)
     merged = [experiment.backbone.merge(state.params["backbone"], state.batch_stats["backbone"]),
-              experiment.safa.merge(state.params["safa"], state.batch_stats["safa"])]
+              experiment.method.bridge.merge(state.params["safa"], state.batch_stats["safa"])]
     forms = [[node.form for _, node in nnx.iter_graph(module) if isinstance(node, BatchNorm)] for module in merged]
     assert [len(found) > 0 for found in forms] == [True, True]  # the backbone's and SAFA's BatchNorms
     assert {form_ for found in forms for form_ in found} == {form}

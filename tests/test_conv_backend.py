@@ -120,7 +120,7 @@ def test_uncovered_convolutions_fall_back_to_xla():
 def test_train_steps_match_xla():
     """Three ResNet + SAFA train steps from the same state: losses and parameters agree with XLA's convolutions."""
     def run(backend):
-        config = tiny_config(model__conv_backend=backend, safa__enabled=True, safa__start_epoch=0)
+        config = tiny_config(model__conv_backend=backend, method="safa", safa__start_epoch=0)
         losses, state, text = three_augmented_steps(config, ONE_DEVICE)
         return losses, state.params, "safa_onednn_conv_forward" in text
 

@@ -87,7 +87,7 @@ def test_imagenet_lt_with_safa_after_stage_3_trains_from_list_files(tmp_path):
     write_tree(tmp_path / "imagenet", train + test)
     config = shrink(imagenet_lt.get_config(str(tmp_path / "lists")), image_size=32)
     config.data.data_dir = str(tmp_path / "imagenet")
-    config.safa.enabled = True
+    config.method = "safa"
     config.safa.start_epoch = 0  # augmented features join the loss in the two steps run here.
     config.safa.head_ratio = 0.34  # one head class of three.
     summary = train_and_evaluate(config, tmp_path / "run")

@@ -111,14 +111,14 @@ def test_bad_config_values_are_named(field, value, message):
 
 
 def test_safa_stage_beyond_the_backbone_is_refused():
-    config = tiny_config(safa__enabled=True, safa__stage=4)
+    config = tiny_config(method="safa", safa__stage=4)
     with pytest.raises(ValueError, match=r"safa\.stage=4 is not a placement in resnet32; allowed: 1\.\.3"):
         build_experiment(config, data=tiny_data())
 
 
 def test_head_ratio_that_leaves_no_tail_class_is_refused():
     """head_ratio in (0, 1) is checked from the config; with one class, the single head class leaves no tail."""
-    config = tiny_config(safa__enabled=True, safa__head_ratio=0.5)
+    config = tiny_config(method="safa", safa__head_ratio=0.5)
     with pytest.raises(ValueError, match="head_ratio"):
         build_experiment(config, data=tiny_data(counts=(20,)))
 
@@ -163,6 +163,8 @@ def test_bad_command_lines_are_one_line_before_any_work(tmp_path):
     cases = [
         (["--config.foo=1"], "safa_jax: error: unknown config field --config.foo"),
         (["--config.safa.nope=1"], "safa_jax: error: unknown config field --config.safa.nope"),
+        (["--config.safa.enabled=True"], "safa_jax: error: --config.safa.enabled is gone: write --config.method=safa"),
+        (["--config.method=rsgx"], "unknown config.method='rsgx'; allowed: plain, safa"),
         (["--config=configs/nope.py"], "safa_jax: error: the config file configs/nope.py does not exist"),
         ([f"--workdir={afile}"], f"safa_jax: error: --workdir={afile} is a file, not a folder"),
         ([f"--workdir={tmp_path / 'none'}", "--mode=eval"], "does not exist: there is no run to evaluate"),
@@ -325,6 +327,18 @@ def test_mixup_trains_and_evaluates_through_the_command_line(tmp_path):
     assert _last_line(bad).endswith("config.data.mixup_alpha=-0.5 must be a number >= 0 (0 = off; MiSLAS uses 1.0)")
 
 
+def test_crt_from_a_finished_run_trains_and_evaluates_through_the_command_line(tmp_path):
+    first = ["--config=configs/digits_lt.py", f"--workdir={tmp_path / 'first'}", *TINY_FLAGS]
+    assert run_cli(first).returncode == 0
+    crt = ["--config=configs/digits_lt.py", f"--workdir={tmp_path / 'crt'}", *TINY_FLAGS, "--config.method=crt",
+           f"--config.init_from={tmp_path / 'first'}", "--config.loss.train_rule=resample",
+           "--config.loss.sampling_weights=inverse_count"]
+    trained = run_cli(crt)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "cRT: classifier re-trained on a frozen backbone" in trained.stdout + trained.stderr
+    assert json.loads((tmp_path / "crt" / "eval_results.json").read_text())["step"] == 3
+
+
 def test_tau_normalisation_and_a_tau_search_evaluate_a_trained_run(tmp_path):
     """Through the command line: --config.eval.posthoc=tau_norm at tau 0.5, and a search over three taus whose
     entries equal single evaluations at those taus, with the best labelled as chosen on the test set."""
@@ -385,7 +399,7 @@ def test_errors_known_from_the_config_come_before_the_model_is_built(tmp_path, m
     monkeypatch.setattr("safa_jax.train.build_experiment", never)
     monkeypatch.setattr("safa_jax.evaluate.build_experiment", never)
     with pytest.raises(ValueError, match="config.safa.stage=4 is not a placement in resnet32; allowed: 1..3"):
-        train_and_evaluate(tiny_config(safa__enabled=True, safa__stage=4), tmp_path / "other", mesh=mesh, data=data)
+        train_and_evaluate(tiny_config(method="safa", safa__stage=4), tmp_path / "other", mesh=mesh, data=data)
     with pytest.raises(CheckpointMismatchError, match="model.width: checkpoint 4, config 8"):
         train_and_evaluate(tiny_config(num_train_steps=6, model__width=8), tmp_path, mesh=mesh, data=data)
     with pytest.raises(CheckpointMismatchError, match="model.width: checkpoint 4, config 8"):

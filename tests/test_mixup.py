@@ -49,7 +49,7 @@ def test_the_mixed_loss_applies_each_labels_class_weights_by_hand():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"data__mixup_alpha": -1.0}, "config.data.mixup_alpha=-1.0 must be a number >= 0"),
-    ({"data__mixup_alpha": 1.0, "safa__enabled": True}, "config.data.mixup_alpha=1.0 with config.safa.enabled=True"),
+    ({"data__mixup_alpha": 1.0, "method": "safa"}, "config.data.mixup_alpha=1.0 with config.method='safa'"),
 ])
 def test_bad_mixup_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
@@ -66,7 +66,7 @@ def test_a_mixup_step_differs_from_the_plain_step_and_a_mixup_run_trains_and_eva
         config = tiny_config(data__mixup_alpha=alpha, loss__name="ldam", loss__train_rule="drw")
         experiment, state = build_experiment(config, data=data, mesh=mesh)
         batch_input = make_input(experiment, start_step=0)
-        step = make_train_step(experiment, batch_input, with_augmented=False)
+        step = make_train_step(experiment, batch_input, variant=False)
         _, step_metrics = step(state, batch_input.batch_args(0), jax.random.key(0))
         losses[alpha] = float(step_metrics["classification_loss"])
     assert np.isfinite(losses[1.0]) and losses[1.0] != losses[0.0]  # same state, same batch: only mixup differs

@@ -18,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = {
     "model.width": 4, "model.blocks_per_stage": 1, "data.image_size": 8, "batch_size": 16, "eval_batch_size": 50,
     "num_train_steps": 3, "log_every_steps": 1, "checkpoint_every_steps": 3, "eval_every_epochs": 0,
-    "safa.enabled": True, "safa.start_epoch": 0,
+    "method": "safa", "safa.start_epoch": 0,
 }
 
 

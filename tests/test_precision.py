@@ -28,7 +28,7 @@ STATS_RTOL = 5e-2  # the same for the BatchNorm running statistics.
 
 
 def _config(safa: bool, compute_dtype: str):
-    return tiny_config(model__compute_dtype=compute_dtype, safa__enabled=safa, safa__start_epoch=0)
+    return tiny_config(model__compute_dtype=compute_dtype, method="safa" if safa else "plain", safa__start_epoch=0)
 
 
 @functools.cache
@@ -40,7 +40,7 @@ def _three_steps(safa: bool, compute_dtype: str):
     config = _config(safa, compute_dtype)
     experiment, state = build_experiment(config, data=tiny_data(), mesh=sharding.make_mesh(jax.devices()[:1]))
     batch_input = make_input(experiment, start_step=0)
-    step_fn = make_train_step(experiment, batch_input, with_augmented=safa)
+    step_fn = make_train_step(experiment, batch_input, variant=safa)
     key = jax.random.key(config.seed)
     history = []
     for step in range(NUM_STEPS):

@@ -1,6 +1,8 @@
 """The alternatives to SAFA's reconstructed defaults (config.safa.tail_sampling, augmented_class_weights,
 upper_bn_stats, delta_channels, q_pairs) and the copy measures, against hand-computed values."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,10 +169,20 @@ def test_bad_alternative_values_are_refused(field, value, message):
 
 def test_safa_start_epoch_at_or_past_the_end_is_refused():
     config = get_config()
-    config.safa.enabled = True
+    config.method = "safa"
     config.num_epochs, config.safa.start_epoch = 30, 40
     config.optim.decay_epochs, config.loss.second_stage_epoch = (20, 25), 20
     with pytest.raises(ValueError, match="config.safa.start_epoch=40 is not before config.num_epochs=30"):
         validate_config(config)
-    config.safa.enabled = False  # the baseline never reads it.
+    config.method = "plain"  # the baseline never reads config.safa.
     validate_config(config)
+
+
+def test_checkpoints_written_with_safa_enabled_map_to_the_method_field():
+    # Configs written before config.method existed said safa.enabled; a new config says method.
+    assert checkpointing.shape_fields({"safa": {"enabled": True, "stage": 2}})["method"] == "safa"
+    assert checkpointing.shape_fields({"safa": {"enabled": False, "stage": 2}})["method"] == "plain"
+    assert checkpointing.shape_fields({"method": "safa", "safa": {"stage": 2}})["method"] == "safa"
+    with pytest.raises(checkpointing.CheckpointMismatchError, match="method: checkpoint 'safa', config 'plain'"):
+        checkpointing.check_compatible({"safa": {"enabled": True, "stage": 2}}, {"method": "plain", "safa": {"stage": 2}},
+                                       10, 10, pathlib.Path("run"))

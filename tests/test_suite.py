@@ -91,7 +91,7 @@ def test_suite_selection_and_data_checks(tmp_path):
     assert runs[1].paper == 22.47 and runs[3].paper == 25.11 and runs[0].paper is None
     assert runs[1].flags()[:1] == ["--config=configs/cifar10_lt.py:200"]
     config = runs[1].build_config()
-    assert config.safa.enabled and config.loss.name == "ldam" and config.data.imbalance_factor == 200.0
+    assert config.method == "safa" and config.loss.name == "ldam" and config.data.imbalance_factor == 200.0
     with pytest.raises(ValueError, match="give it as --data=PATH/cifar10"):
         check_data(runs)
     with pytest.raises(ValueError, match="no train/ and test/ folders"):

@@ -68,7 +68,7 @@ def test_eight_devices_match_one(safa):
     the summation order of XLA's reductions rather than the sharding.
     """
     assert jax.device_count() >= 8, "conftest sets 8 fake CPU devices"
-    config = tiny_config(safa__enabled=safa, safa__start_epoch=0, loss__name="ldam", loss__train_rule="drw",
+    config = tiny_config(method="safa" if safa else "plain", safa__start_epoch=0, loss__name="ldam", loss__train_rule="drw",
                          model__conv_backend="xla")
     data = tiny_data()
     steppers = {}
@@ -76,7 +76,7 @@ def test_eight_devices_match_one(safa):
         mesh = sharding.make_mesh(jax.devices()[:devices])
         experiment, state = build_experiment(config, data=data, mesh=mesh)
         batch_input = make_input(experiment, start_step=0)
-        steppers[devices] = (mesh, batch_input, make_train_step(experiment, batch_input, with_augmented=safa), state)
+        steppers[devices] = (mesh, batch_input, make_train_step(experiment, batch_input, variant=safa), state)
     key = jax.random.key(config.seed)
     mesh_one, input_one, step_one, state = steppers[1]
     mesh_eight, input_eight, step_eight, _ = steppers[8]
@@ -100,7 +100,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     """Stop after 3 steps (a checkpoint), resume to 7; parameters equal an uninterrupted 7-step run."""
     data = tiny_data()
     mesh = sharding.make_mesh(jax.devices()[:2])
-    base = dict(num_train_steps=7, safa__enabled=True, safa__start_epoch=1)
+    base = dict(num_train_steps=7, method="safa", safa__start_epoch=1)
     train_and_evaluate(tiny_config(**base), tmp_path / "straight", mesh=mesh, data=data)
     train_and_evaluate(tiny_config(**dict(base, num_train_steps=3)), tmp_path / "resumed", mesh=mesh, data=data)
     train_and_evaluate(tiny_config(**base), tmp_path / "resumed", mesh=mesh, data=data)

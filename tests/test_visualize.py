@@ -28,7 +28,7 @@ def single_device_mesh():
 def trained_run(tmp_path_factory, single_device_mesh):
     """A SAFA run of 4 steps with augmented features in the loss from step 0."""
     workdir = tmp_path_factory.mktemp("safa_run")
-    config = tiny_config(safa__enabled=True, safa__start_epoch=0, num_train_steps=4)
+    config = tiny_config(method="safa", safa__start_epoch=0, num_train_steps=4)
     train_and_evaluate(config, workdir, mesh=single_device_mesh, data=tiny_data())
     return workdir
 

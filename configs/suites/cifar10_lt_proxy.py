@@ -19,7 +19,7 @@ SCHEDULE = {"num_epochs": EPOCHS, "optim.warmup_epochs": 1, "optim.decay_epochs"
             "loss.second_stage_epoch": SECOND_STAGE, "safa.start_epoch": SECOND_STAGE,
             "eval_every_epoch_from": SECOND_STAGE}
 LDAM_DRW = {"loss.name": "ldam", "loss.train_rule": "drw"}
-SAFA = {**LDAM_DRW, "safa.enabled": True, "safa.stage": 2}
+SAFA = {**LDAM_DRW, "method": "safa", "safa.stage": 2}
 # name -> overrides on top of LDAM-DRW-SAFA's defaults: each alternative that docs/method.md discusses.
 ALTERNATIVES = {
     "tail_inverse_frequency": {"safa.tail_sampling": "inverse_frequency"},

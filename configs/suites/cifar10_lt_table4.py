@@ -22,11 +22,11 @@ PAPER = {  # (method, rho) -> top-1 error %
 }
 METHODS = {
     "ldam_drw": {"loss.name": "ldam", "loss.train_rule": "drw"},
-    "ldam_drw_safa_s2": {"loss.name": "ldam", "loss.train_rule": "drw", "safa.enabled": True, "safa.stage": 2},
+    "ldam_drw_safa_s2": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 2},
     "ce": {},
-    "ce_safa_s2": {"safa.enabled": True, "safa.stage": 2},
-    "ldam_drw_safa_s1": {"loss.name": "ldam", "loss.train_rule": "drw", "safa.enabled": True, "safa.stage": 1},
-    "ldam_drw_safa_s3": {"loss.name": "ldam", "loss.train_rule": "drw", "safa.enabled": True, "safa.stage": 3},
+    "ce_safa_s2": {"method": "safa", "safa.stage": 2},
+    "ldam_drw_safa_s1": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 1},
+    "ldam_drw_safa_s3": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 3},
 }
 ORDER = [("ldam_drw", 200), ("ldam_drw_safa_s2", 200), ("ce", 200), ("ce_safa_s2", 200),
          ("ldam_drw", 100), ("ce", 100),

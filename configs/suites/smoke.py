@@ -14,5 +14,5 @@ TINY = {"model.width": 4, "model.blocks_per_stage": 1, "data.image_size": 8, "da
 def get_suite(data: str) -> list[Run]:
     del data  # the bundled digits
     return [Run(name="ce", config="configs/digits_lt.py:10", overrides=dict(TINY)),
-            Run(name="ce_safa", config="configs/digits_lt.py:10", overrides=dict(TINY, **{"safa.enabled": True}),
+            Run(name="ce_safa", config="configs/digits_lt.py:10", overrides=dict(TINY, **{"method": "safa"}),
                 paper=None)]

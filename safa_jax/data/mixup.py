@@ -30,11 +30,11 @@ def mixed_loss(base_loss: Callable, logits: jax.Array, y: jax.Array, y_partner: 
 
 
 def validate_mixup_config(config) -> None:
-    """mixup_alpha >= 0 (0: off), and not with SAFA, whose head/tail split needs one class per real sample."""
+    """mixup_alpha >= 0 (0: off), with the plain method only: SAFA's head/tail split needs one class per sample."""
     alpha = config.data.mixup_alpha
     if not isinstance(alpha, (int, float)) or alpha < 0:
         raise ValueError(f"config.data.mixup_alpha={alpha!r} must be a number >= 0 (0 = off; MiSLAS uses 1.0)")
-    if alpha > 0 and config.safa.enabled:
-        raise ValueError(f"config.data.mixup_alpha={alpha} with config.safa.enabled=True: SAFA pairs head and "
-                         "tail samples by their single class, which a mixed sample does not have; allowed: one "
-                         "of the two")
+    if alpha > 0 and config.method != "plain":
+        raise ValueError(f"config.data.mixup_alpha={alpha} with config.method={config.method!r}: its samples are "
+                         "paired by their single class, which a mixed sample does not have; allowed: "
+                         "config.method='plain' with mixup")

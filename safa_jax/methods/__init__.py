@@ -1,0 +1,9 @@
+"""The training methods, by `config.method`: how to add one is in docs/method.md ("Adding a method")."""
+
+from safa_jax.methods.base import ClassifierBatch, Method, ModuleSetup
+from safa_jax.methods.crt import CrtMethod
+from safa_jax.methods.safa import SafaMethod
+
+METHODS: dict[str, type[Method]] = {"plain": Method, "safa": SafaMethod, "crt": CrtMethod}
+
+__all__ = ["METHODS", "ClassifierBatch", "CrtMethod", "Method", "ModuleSetup", "SafaMethod"]
