@@ -47,8 +47,8 @@ def run_status(workdir: pathlib.Path, rows: list[dict] | None = None) -> RunStat
                      num_train=None if split is None else int(split["num_train"]))
 
 
-def _is_safa(run: Run) -> bool:
-    return run.overrides.get("method") == "safa"
+def _method(run: Run) -> str:
+    return str(run.overrides.get("method", "plain"))
 
 
 def _hours(seconds: float) -> str:
@@ -57,7 +57,7 @@ def _hours(seconds: float) -> str:
 
 def listing(runs: list[Run], root: pathlib.Path) -> str:
     """One line per run: state, measured images/s, time left. A run not started yet is estimated from a started
-    run with the same config file and SAFA on/off (its speed and training-set size)."""
+    run with the same config file and method (its speed and training-set size)."""
     statuses = {run.name: run_status(root / run.name) for run in runs}
     width = max(len(run.name) for run in runs) + 2
     lines = [f"{'run':<{width}}{'state':<22}{'images/s':>10}{'time left':>14}"]
@@ -67,7 +67,7 @@ def listing(runs: list[Run], root: pathlib.Path) -> str:
         status = statuses[run.name]
         rate, num_train = status.images_per_sec, status.num_train
         if rate is None or num_train is None:
-            like = [statuses[o.name] for o in runs if o.config == run.config and _is_safa(o) == _is_safa(run)
+            like = [statuses[o.name] for o in runs if o.config == run.config and _method(o) == _method(run)
                     and statuses[o.name].images_per_sec and statuses[o.name].num_train]
             rate, num_train = (like[0].images_per_sec, like[0].num_train) if like else (None, None)
         num_epochs = status.num_epochs or int(run.build_config().num_epochs)

@@ -180,11 +180,13 @@ def _augmented_features(experiment: Experiment, state: TrainState, target: int, 
     @jax.jit
     def augment(params, batch_stats, batch, batch_labels, key):
         model = experiment.backbone.merge(params["backbone"], batch_stats["backbone"])
-        modules = experiment.method.bridge.merge(params["safa"], batch_stats["safa"])
+        name = experiment.method.name
+        modules = experiment.method.bridge.merge(params[name], batch_stats[name])
         x = normalize(to_unit_float(batch), mean, std)
         out = safa_augment(modules, model.lower(x, stage, train=False), batch_labels, is_head_class, key,
                            num_slots=safa_config.num_slots, safa_config=safa_config, train=True,
-                           class_counts=np.asarray(experiment.data.class_counts, np.float32))
+                           class_counts=np.asarray(experiment.data.class_counts, np.float32),
+                           delta_encoder=experiment.method.delta_encoder)
         return model.upper(out.features, stage, train=False), out.labels, out.weights > 0
 
     data = experiment.data

@@ -339,6 +339,15 @@ def test_crt_from_a_finished_run_trains_and_evaluates_through_the_command_line(t
     assert json.loads((tmp_path / "crt" / "eval_results.json").read_text())["step"] == 3
 
 
+def test_the_delta_encoder_trains_and_evaluates_through_the_command_line(tmp_path):
+    workdir = tmp_path / "run"
+    trained = run_cli(["--config=configs/digits_lt.py", f"--workdir={workdir}", *TINY_FLAGS,
+                       "--config.method=delta_encoder", "--config.safa.start_epoch=0"])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "+ Delta-encoder" in trained.stdout + trained.stderr
+    assert json.loads((workdir / "eval_results.json").read_text())["step"] == 3
+
+
 def test_tau_normalisation_and_a_tau_search_evaluate_a_trained_run(tmp_path):
     """Through the command line: --config.eval.posthoc=tau_norm at tau 0.5, and a search over three taus whose
     entries equal single evaluations at those taus, with the best labelled as chosen on the test set."""

@@ -2,8 +2,10 @@
 
 from safa_jax.methods.base import ClassifierBatch, Method, ModuleSetup
 from safa_jax.methods.crt import CrtMethod
+from safa_jax.methods.delta_encoder import DeltaEncoderMethod
 from safa_jax.methods.safa import SafaMethod
 
-METHODS: dict[str, type[Method]] = {"plain": Method, "safa": SafaMethod, "crt": CrtMethod}
+METHODS: dict[str, type[Method]] = {"plain": Method, "safa": SafaMethod, "crt": CrtMethod,
+                                    "delta_encoder": DeltaEncoderMethod}
 
-__all__ = ["METHODS", "ClassifierBatch", "CrtMethod", "Method", "ModuleSetup", "SafaMethod"]
+__all__ = ["METHODS", "ClassifierBatch", "CrtMethod", "DeltaEncoderMethod", "Method", "ModuleSetup", "SafaMethod"]

@@ -29,6 +29,7 @@ class SafaMethod(Method):
 
     name = "safa"
     label = " + SAFA"
+    delta_encoder = False  # the Delta-encoder subclass: E and G alone (models/safa.py, `safa_augment`)
 
     def __init__(self, setup: ModuleSetup):
         super().__init__(setup)
@@ -40,7 +41,8 @@ class SafaMethod(Method):
         if config.safa.q_width == -1:
             config.safa.q_width = channels
         modules = SafaModules(channels, q_width=config.safa.q_width, kernel_size=config.safa.kernel_size,
-                              delta_channels=config.safa.delta_channels, rngs=setup.rngs)
+                              delta_channels=config.safa.delta_channels, delta_encoder_only=self.delta_encoder,
+                              rngs=setup.rngs)
         setup.prepare(modules)
         self.bridge, self.initial_params, self.initial_stats = NnxBridge.split(modules)
         start_step = config.safa.start_epoch * setup.steps_per_epoch
@@ -73,7 +75,8 @@ class SafaMethod(Method):
         features = backbone.lower(x, safa_cfg.stage, train=True)
         modules = self.bridge.merge(params, batch_stats)
         out = safa_augment(modules, features, y, jnp.asarray(self.is_head_class), key, num_slots=safa_cfg.num_slots,
-                           safa_config=safa_cfg, train=True, class_counts=jnp.asarray(self.class_counts, jnp.float32))
+                           safa_config=safa_cfg, train=True, class_counts=jnp.asarray(self.class_counts, jnp.float32),
+                           delta_encoder=self.delta_encoder)
         new_stats = NnxBridge.batch_stats_of(modules)
         out = out.replace(terms=precision.to_float32(out.terms), parts=precision.to_float32(out.parts),
                           stats=precision.to_float32(out.stats))

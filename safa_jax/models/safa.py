@@ -83,7 +83,7 @@ class SafaModules(nnx.Module):
     """
 
     def __init__(self, channels: int, *, q_width: int, kernel_size: int = 3, delta_channels: int = -1,
-                 rngs: nnx.Rngs):
+                 delta_encoder_only: bool = False, rngs: nnx.Rngs):
         if channels < 1:
             raise ValueError(f"channels={channels} must be a positive channel count.")
         if q_width == -1:
@@ -93,17 +93,18 @@ class SafaModules(nnx.Module):
         if kernel_size not in SAFA_KERNEL_SIZES:
             raise ValueError(f"kernel_size={kernel_size!r}; allowed: {', '.join(map(str, SAFA_KERNEL_SIZES))}.")
         if delta_channels == -1:
-            self.delta_extractor = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
-            self.delta_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+            make_delta = lambda: ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)  # noqa: E731
         elif 1 <= delta_channels:
-            self.delta_extractor = BottleneckDelta(2 * channels, delta_channels, channels, kernel_size=kernel_size,
-                                                   rngs=rngs)
-            self.delta_generator = BottleneckDelta(2 * channels, delta_channels, channels, kernel_size=kernel_size,
-                                                   rngs=rngs)
+            make_delta = lambda: BottleneckDelta(2 * channels, delta_channels, channels,  # noqa: E731
+                                                 kernel_size=kernel_size, rngs=rngs)
         else:
             raise ValueError(f"delta_channels={delta_channels}: use a positive width, or -1 for full width.")
+        self.delta_extractor = make_delta()
+        # The Delta-encoder (Schwartz et al.) is E and G alone: no sample-specific D, no contrastive Q.
+        self.delta_generator = None if delta_encoder_only else make_delta()
         self.feature_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
-        self.contrastive = ContrastiveModule(channels, q_width, kernel_size=kernel_size, rngs=rngs)
+        self.contrastive = (None if delta_encoder_only
+                            else ContrastiveModule(channels, q_width, kernel_size=kernel_size, rngs=rngs))
 
     def extract_delta(self, source: jax.Array, target: jax.Array, *, train: bool,
                       mask: jax.Array | None = None) -> jax.Array:
@@ -178,7 +179,7 @@ def resolve_num_slots(num_slots: int, batch_size: int) -> int:
 
 def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, is_head_class: jax.Array,
                  key: jax.Array, *, num_slots: int, safa_config: Any, train: bool = True,
-                 class_counts: Any = None) -> SafaOutput:
+                 class_counts: Any = None, delta_encoder: bool = False) -> SafaOutput:
     """One SAFA forward pass on the batch's features at the insertion point (docs/method.md, steps 1-5).
 
     features: (B, H, W, C) from the backbone's lower part; labels: (B,) int; is_head_class: (K,) bool
@@ -186,6 +187,9 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
     training counts, needed by `safa.tail_sampling="inverse_frequency"` only. Shapes depend on
     B and M only, never on the batch's composition, so the pass jits once and runs on a sharded batch.
     A switched-off term is not computed at all (a Python-level switch).
+    `delta_encoder` (modules built with `delta_encoder_only`): the Delta-encoder as SAFA's supplementary
+    compares it, F~_t = G([F_t ; delta_h]) with the head delta as it is (no D), trained by the head
+    reconstruction part of L_r alone (no recycling, no Q, no mode seeking), whatever `safa_config` says.
     """
     if features.ndim != 4 or labels.shape != features.shape[:1]:
         raise ValueError(f"features must be (B, H, W, C) and labels (B,); got {features.shape} and {labels.shape}.")
@@ -208,7 +212,14 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
     slots = safa_pairing.draw_slots(~is_head_sample, pairs.valid, slot_key, num_slots, tail_weights)
     tails = features[slots.tail_samples]
     slot_deltas = head_deltas[slots.deltas]
-    augmented = modules.augment(tails, slot_deltas, train=train, mask=slots.valid)
+    if delta_encoder:
+        augmented = modules.apply_delta(tails, slot_deltas, train=train, mask=slots.valid)
+    else:
+        augmented = modules.augment(tails, slot_deltas, train=train, mask=slots.valid)
+    use_reconstruction = safa_config.use_reconstruction or delta_encoder
+    use_contrastive, use_ms_head, use_ms_tail = (
+        (False, False, False) if delta_encoder
+        else (safa_config.use_contrastive, safa_config.use_ms_head, safa_config.use_ms_tail))
 
     zero = jnp.zeros((), jnp.float32)
     terms = dict.fromkeys(safa_losses.TERM_NAMES, zero)
@@ -216,11 +227,11 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
     # The same values as `augmented`, recomputed from a stop-gradient head delta: class preservation and
     # tail mode seeking must train D and G only, and a gradient through the shared head delta would reach E.
     augmented_fixed_delta = None
-    if safa_config.use_contrastive or safa_config.use_ms_tail:
+    if use_contrastive or use_ms_tail:
         augmented_fixed_delta = modules.augment(tails, jax.lax.stop_gradient(slot_deltas), train=train,
                                                 mask=slots.valid)
 
-    if safa_config.use_reconstruction:
+    if use_reconstruction:
         # 2. G applies a head delta to its anchor: it should give the partner.
         reconstructed = modules.apply_delta(anchors, head_deltas, train=train, mask=pairs.valid)
         parts["head_reconstruction"] = safa_losses.masked_l1(reconstructed, partners, pairs.valid)
@@ -228,13 +239,14 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
         # and G outputting its delta input, which would make the deltas carry no direction.
         copy_stats["e_copy_distance"] = safa_losses.relative_l1(head_deltas, partners, pairs.valid)
         copy_stats["g_copy_distance"] = safa_losses.relative_l1(reconstructed, head_deltas, pairs.valid)
-        # 5. Recycling: the delta from F~_t back to F_t must bring F~_t back to F_t.
-        cycle_delta = modules.extract_delta(augmented, tails, train=train, mask=slots.valid)
-        recycled = modules.apply_delta(augmented, cycle_delta, train=train, mask=slots.valid)
-        parts["cycle"] = safa_losses.masked_l1(recycled, tails, slots.valid)
+        if not delta_encoder:
+            # 5. Recycling: the delta from F~_t back to F_t must bring F~_t back to F_t.
+            cycle_delta = modules.extract_delta(augmented, tails, train=train, mask=slots.valid)
+            recycled = modules.apply_delta(augmented, cycle_delta, train=train, mask=slots.valid)
+            parts["cycle"] = safa_losses.masked_l1(recycled, tails, slots.valid)
         terms["reconstruction"] = parts["cycle"] + parts["head_reconstruction"]
 
-    if safa_config.use_contrastive:
+    if use_contrastive:
         first, second, q_valid = safa_pairing.contrastive_pairs(labels, safa_config.q_pairs,
                                                                 jax.random.fold_in(key, 3))
         q_mask = None if safa_config.q_pairs == "halves" else q_valid
@@ -251,13 +263,13 @@ def safa_augment(modules: SafaModules, features: jax.Array, labels: jax.Array, i
         parts["q_preservation"] = safa_losses.pair_cross_entropy(preservation_logits, 1, slots.valid)
         terms["contrastive"] = parts["q_real"] + parts["q_irrelevance"] + parts["q_preservation"]
 
-    if safa_config.use_ms_head:
+    if use_ms_head:
         # Deltas of different head pairs should differ as much as the head samples they start from.
         ms_first, ms_second, ms_valid = safa_pairing.pair_valid_entries(pairs.valid, ms_head_key)
         terms["ms_head"] = safa_losses.mode_seeking(head_deltas[ms_first], head_deltas[ms_second], anchors[ms_first],
                                                     anchors[ms_second], ms_valid, safa_config.ms_eps)
 
-    if safa_config.use_ms_tail:
+    if use_ms_tail:
         # One tail sample, two head deltas: the two augmented features should differ. The deltas are
         # inputs here (stop-gradient, like MSGAN's noise codes), so this term trains D and G.
         second_deltas = jax.lax.stop_gradient(head_deltas[slots.second_deltas])
