@@ -33,7 +33,7 @@ _EXPORT = flags.DEFINE_string("export", "", "Copy each finished run's small file
 
 
 def run_command(run: Run, root: pathlib.Path) -> list[str]:
-    return [sys.executable, "-m", "safa_jax.main", f"--workdir={root / run.name}", *run.flags()]
+    return [sys.executable, "-m", "safa_jax.main", f"--workdir={root / run.name}", *run.flags(root)]
 
 
 def train_run(run: Run, root: pathlib.Path) -> int:

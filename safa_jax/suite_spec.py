@@ -33,9 +33,10 @@ class Run:
     paper: float | None = None
     paper_source: str = ""
 
-    def flags(self) -> list[str]:
-        """The run's `--config...` flags of `python -m safa_jax.main`."""
-        return [f"--config={self.config}"] + [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()]
+    def flags(self, root: pathlib.Path | None = None) -> list[str]:
+        """The run's `--config...` flags of `python -m safa_jax.main`; `run_folder` values point into `root`."""
+        values = {k: _in_root(v, root) for k, v in self.overrides.items()}
+        return [f"--config={self.config}"] + [f"--config.{k}={_flag_value(v)}" for k, v in values.items()]
 
     def build_config(self) -> ml_collections.ConfigDict:
         """The run's config as `python -m safa_jax.main` would build it (no JAX needed): for listings."""
@@ -49,6 +50,23 @@ class Run:
                 node = node[part]
             node[leaf] = tuple(value) if isinstance(value, list) else value
         return config
+
+
+_ROOT_PLACEHOLDER = "{root}"
+
+
+def run_folder(name: str) -> str:
+    """An override value naming another run of the same suite (e.g. `init_from` of a second stage), resolved
+    against the suite's `--root` when the run starts; the suite runs the named run first if it comes first."""
+    return f"{_ROOT_PLACEHOLDER}/{name}"
+
+
+def _in_root(value: Any, root: pathlib.Path | None) -> Any:
+    if isinstance(value, str) and value.startswith(_ROOT_PLACEHOLDER + "/"):
+        if root is None:
+            raise ValueError(f"the override {value!r} names a run folder; the suite's root is needed to resolve it")
+        return str(pathlib.Path(root).resolve() / value[len(_ROOT_PLACEHOLDER) + 1:])
+    return value
 
 
 def _flag_value(value: Any) -> str:

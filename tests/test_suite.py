@@ -145,3 +145,23 @@ def test_suite_cli_errors_are_one_line():
                                                               "trains on an image folder")
     unknown = run_suite_cli("--suite=nope", "--root=/tmp/never")
     assert "unknown suite 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_every_suite_builds_configs_that_pass_the_checks_and_second_stages_point_into_the_root(tmp_path):
+    from safa_jax.config_checks import validate_config
+    from safa_jax.suite_spec import available_suites
+
+    for name in available_suites():
+        runs = load_suite(name, str(tmp_path))
+        for run in runs:
+            config = run.build_config()
+            if config.init_from:  # a second stage: its first stage's folder exists once that run has trained
+                (tmp_path / "ce" / "checkpoints").mkdir(parents=True, exist_ok=True)
+                config.init_from = dict(f.split("=", 1) for f in run.flags(tmp_path)[1:])["--config.init_from"]
+            validate_config(config)
+    crt = {run.name: run for run in load_suite("cifar10_lt_methods", "")}["ce_crt"]
+    assert f"--config.init_from={tmp_path.resolve() / 'ce'}" in crt.flags(tmp_path)
+    names = [run.name for run in load_suite("cifar10_lt_methods", "")]
+    assert names.index("ce") < names.index("ce_crt")
+    with pytest.raises(ValueError, match="names a run folder; the suite's root is needed"):
+        crt.flags()

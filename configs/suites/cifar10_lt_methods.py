@@ -1,0 +1,35 @@
+"""Every method of the trainer on the CIFAR-10-LT rho=200 proxy protocol, side by side, seed 0.
+
+The proxy is `cifar10_lt_proxy`'s (the 200-epoch LDAM-DRW recipe scaled to 40 epochs; second stage, SAFA's
+augmented features and the Delta-encoder's from epoch 32). The rows: CE, LDAM-DRW and LDAM-DRW-SAFA (the
+references), Balanced Softmax, mixup (alpha 1, MiSLAS's stage 1, on CE), LDAM-DRW with the Delta-encoder,
+and cRT on the CE run's backbone (4 epochs of classifier re-training with every class drawn equally often,
+lr 0.1 then x0.01 from epoch 3). Post-hoc logit adjustment and tau-normalisation evaluate the finished CE run:
+  python -m safa_jax.main --mode=eval --workdir=ROOT/ce --config=configs/cifar10_lt.py:200 \\
+      --config.data.source=folder:PATH/cifar10 --config.eval.posthoc=tau_norm --config.eval.tau_search=0,0.5,1
+
+  python -m safa_jax.suite --suite=cifar10_lt_methods --data=PATH/cifar10 --root=runs/methods
+"""
+
+from configs.suites.cifar10_lt_proxy import LDAM_DRW, SAFA, SCHEDULE
+from safa_jax.suite_spec import Run, data_source, run_folder
+
+CONFIG = "configs/cifar10_lt.py:200"
+CRT_EPOCHS = {"num_epochs": 4, "optim.warmup_epochs": 0, "optim.decay_epochs": (3,), "optim.decay_factors": (0.01,),
+              "eval_every_epoch_from": 0}
+METHODS = {
+    "ce": {},
+    "ldam_drw": LDAM_DRW,
+    "ldam_drw_safa": SAFA,
+    "balanced_softmax": {"loss.name": "balanced_softmax"},
+    "ce_mixup": {"data.mixup_alpha": 1.0},
+    "ldam_drw_delta_encoder": {**LDAM_DRW, "method": "delta_encoder", "safa.stage": 2},
+}
+
+
+def get_suite(data: str) -> list[Run]:
+    common = {"data.source": data_source(data), **SCHEDULE, "seed": 0}
+    runs = [Run(name, CONFIG, {**common, **overrides}) for name, overrides in METHODS.items()]
+    crt = {"data.source": data_source(data), "seed": 0, **CRT_EPOCHS, "method": "crt", "init_from": run_folder("ce"),
+           "loss.train_rule": "resample", "loss.sampling_weights": "inverse_count"}
+    return runs + [Run("ce_crt", CONFIG, crt)]
