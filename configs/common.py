@@ -95,6 +95,17 @@ def get_config() -> ml_collections.ConfigDict:
     # A finished run's folder whose backbone starts this run (two-stage methods: --config.method=crt); "" = none.
     config.init_from = ""
 
+    # --- RSG (config.method="rsg"; the official CIFAR code's defaults; safa_jax/methods/rsg.py) -------
+    config.rsg = ml_collections.ConfigDict()
+    config.rsg.stage = 2  # insert after this stage of the backbone.
+    config.rsg.head_ratio = 0.2  # the largest 20 % of the classes are head classes.
+    config.rsg.n_center = 15  # centers per class.
+    config.rsg.contrastive_width = 256
+    config.rsg.transfer_strength = 1.0  # in (0, 1]: generated features per batch, relative to the larger group.
+    config.rsg.start_epoch = 160  # generation from this (0-based) epoch; the official epoch_thresh is 159.
+    config.rsg.lambda_cesc = 0.1
+    config.rsg.lambda_mv = 0.01
+
     # --- SAFA (config.method="safa"; see docs/method.md; (R) = our reconstruction) ---------------
     config.safa = ml_collections.ConfigDict()
     config.safa.stage = 2  # insert after stage 1, 2 or 3 of the backbone.

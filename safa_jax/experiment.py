@@ -72,19 +72,24 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
     return schedule
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
-                   trainable: Any = None) -> optax.GradientTransformation:
-    """PyTorch SGD: L2 weight decay added to the gradient of every parameter, then heavy-ball momentum.
-
-    `trainable` (a tree of bools like the parameters, from the method; None: all train): the others get a
-    zero update, so a frozen backbone keeps its weights exactly (no weight decay either)."""
-    sgd = optax.chain(
+def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    """PyTorch SGD: L2 weight decay added to the gradient of every parameter, then heavy-ball momentum."""
+    return optax.chain(
         optax.add_decayed_weights(optim.weight_decay),
         optax.sgd(learning_rate_schedule(optim, steps_per_epoch), momentum=optim.momentum))
-    if trainable is None:
-        return sgd
-    labels = jax.tree.map(lambda trains: "train" if trains else "frozen", trainable)
-    return optax.multi_transform({"train": sgd, "frozen": optax.set_to_zero()}, labels)
+
+
+def keep_frozen(optimizer: optax.GradientTransformation, frozen: Any, new_params: Any, old_params: Any,
+                new_opt_state: Any, old_opt_state: Any) -> tuple[Any, Any]:
+    """(params, optimizer state) with the `frozen` parameters (a tree of Python bools like the parameters) and their
+    momentum left as they were: PyTorch's SGD skips a parameter without a gradient (no weight decay, no momentum),
+    which is what a method's parameters unused in a phase get in the reference code (RSG's T before generation,
+    its frozen contrastive module after; cRT's backbone)."""
+    params = jax.tree.map(lambda new, old, stays: old if stays else new, new_params, old_params, frozen)
+    state_frozen = optax.tree_utils.tree_map_params(optimizer, lambda _, stays: stays, old_opt_state, frozen,
+                                                    transform_non_params=lambda _: False)
+    opt_state = jax.tree.map(lambda new, old, stays: old if stays else new, new_opt_state, old_opt_state, state_frozen)
+    return params, opt_state
 
 
 def load_training_data(data_config: ml_collections.ConfigDict):
@@ -132,7 +137,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     if method.bridge is not None:
         params[method.name], stats[method.name] = method.initial_params, method.initial_stats
 
-    optimizer = make_optimizer(config.optim, spe, trainable=method.trainable(params))
+    optimizer = make_optimizer(config.optim, spe)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
                        opt_state=optimizer.init(params))
     state = sharding.put_replicated(state, mesh)

@@ -28,7 +28,7 @@ from safa_jax import (checkpointing, console, curves, epoch_log, evaluate, metri
 from safa_jax.config_checks import validate_config
 from safa_jax.data import device_pipeline, mixup
 from safa_jax.data.sources import LongTailedData
-from safa_jax.experiment import (Experiment, build_experiment, config_record, learning_rate_schedule,
+from safa_jax.experiment import (Experiment, build_experiment, config_record, keep_frozen, learning_rate_schedule,
                                  restore_if_any, split_record)
 from safa_jax.losses.base import balanced_sampling_at, make_base_loss, sampling_class_weights
 from safa_jax.precision import Precision
@@ -196,6 +196,10 @@ def make_train_step(experiment: Experiment, batch_input: InMemoryInput | Streame
         (loss, (new_stats, aux)), grads = grad_fn(state.params, state.batch_stats, x, y, epoch, k_method, mixed_with)
         updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        frozen = method.frozen(state.params, variant)
+        if frozen is not None:
+            params, opt_state = keep_frozen(experiment.optimizer, frozen, params, state.params, opt_state,
+                                            state.opt_state)
         metrics_out = dict(aux, loss=loss, learning_rate=schedule(step), grad_norm=optax.global_norm(grads))
         new_state = TrainState(step=step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
         return new_state, metrics_out

@@ -339,12 +339,15 @@ def test_crt_from_a_finished_run_trains_and_evaluates_through_the_command_line(t
     assert json.loads((tmp_path / "crt" / "eval_results.json").read_text())["step"] == 3
 
 
-def test_the_delta_encoder_trains_and_evaluates_through_the_command_line(tmp_path):
+@pytest.mark.parametrize("flags, label", [
+    (["--config.method=delta_encoder", "--config.safa.start_epoch=0"], "+ Delta-encoder"),
+    (["--config.method=rsg", "--config.rsg.start_epoch=0"], "+ RSG"),
+])
+def test_generator_methods_train_and_evaluate_through_the_command_line(tmp_path, flags, label):
     workdir = tmp_path / "run"
-    trained = run_cli(["--config=configs/digits_lt.py", f"--workdir={workdir}", *TINY_FLAGS,
-                       "--config.method=delta_encoder", "--config.safa.start_epoch=0"])
+    trained = run_cli(["--config=configs/digits_lt.py", f"--workdir={workdir}", *TINY_FLAGS, *flags])
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert "+ Delta-encoder" in trained.stdout + trained.stderr
+    assert label in trained.stdout + trained.stderr
     assert json.loads((workdir / "eval_results.json").read_text())["step"] == 3
 
 

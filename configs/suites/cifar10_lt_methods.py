@@ -3,6 +3,7 @@
 The proxy is `cifar10_lt_proxy`'s (the 200-epoch LDAM-DRW recipe scaled to 40 epochs; second stage, SAFA's
 augmented features and the Delta-encoder's from epoch 32). The rows: CE, LDAM-DRW and LDAM-DRW-SAFA (the
 references), Balanced Softmax, mixup (alpha 1, MiSLAS's stage 1, on CE), LDAM-DRW with the Delta-encoder,
+CE with RSG (generation from epoch 32),
 and cRT on the CE run's backbone (4 epochs of classifier re-training with every class drawn equally often,
 lr 0.1 then x0.01 from epoch 3). Post-hoc logit adjustment and tau-normalisation evaluate the finished CE run:
   python -m safa_jax.main --mode=eval --workdir=ROOT/ce --config=configs/cifar10_lt.py:200 \\
@@ -24,6 +25,7 @@ METHODS = {
     "balanced_softmax": {"loss.name": "balanced_softmax"},
     "ce_mixup": {"data.mixup_alpha": 1.0},
     "ldam_drw_delta_encoder": {**LDAM_DRW, "method": "delta_encoder", "safa.stage": 2},
+    "ce_rsg": {"method": "rsg", "rsg.start_epoch": SCHEDULE["safa.start_epoch"]},
 }
 
 

@@ -71,10 +71,10 @@ class Method:
 
     reinitialises_classifier = False  # with config.init_from: take the backbone but not its classifier
 
-    @staticmethod
-    def trainable(params: PyTree) -> PyTree | None:
-        """A tree of bools like `params`: which parameters the optimizer updates; None: all of them."""
-        del params
+    def frozen(self, params: PyTree, variant: Hashable) -> PyTree | None:
+        """A tree of Python bools like `params`: which parameters `variant`'s step leaves untouched (no update, no
+        weight decay, no momentum; `experiment.keep_frozen`); None: none."""
+        del params, variant
         return None
 
     @staticmethod

@@ -15,7 +15,7 @@ from safa_jax.methods.base import ClassifierBatch, Method, PyTree
 
 
 class CrtMethod(Method):
-    """Only the classifier trains; `trainable` tells the optimizer so, and the backbone's weights stay exact."""
+    """Only the classifier trains; `frozen` keeps the backbone's weights exact."""
 
     name = "crt"
     label = " (cRT: classifier re-trained on a frozen backbone)"
@@ -32,10 +32,10 @@ class CrtMethod(Method):
                              "--config.loss.train_rule=resample (with --config.loss.sampling_weights=inverse_count "
                              "for Kang et al.'s every-class-equally sampling)")
 
-    @staticmethod
-    def trainable(params: PyTree) -> PyTree:
-        """True on the classifier's parameters only."""
-        return {"backbone": {part: jax.tree.map(lambda _, is_head=(part == "head"): is_head, tree)
+    def frozen(self, params: PyTree, variant) -> PyTree:
+        """Everything but the classifier."""
+        del variant
+        return {"backbone": {part: jax.tree.map(lambda _, stays=(part != "head"): stays, tree)
                              for part, tree in params["backbone"].items()}}
 
     def classifier_batch(self, backbone: nnx.Module, params, batch_stats, x: jax.Array, y: jax.Array,
