@@ -2,7 +2,8 @@
 
 Data: the OLTR lists (ImageNet_LT_train.txt, ImageNet_LT_test.txt) applied to an ImageNet-2012 image tree.
 Usage: --config=configs/imagenet_lt.py:/path/to/lists --config.data.data_dir=/path/to/imagenet
-(RSG's recipe uses ResNeXt-50; ResNet-50 is the common alternative and the one built here.)
+RSG's published ImageNet-LT numbers use ResNeXt-50 (32x4d): --config.model.name=resnext50_32x4d; ResNet-50, the
+common alternative, is the default here.
 """
 
 from configs import large_scale

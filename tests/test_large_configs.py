@@ -81,17 +81,20 @@ def test_inat18_trains_and_evaluates_on_mock_tfds_data(tmp_path):
     check_run(tmp_path, summary, model="resnet50", num_classes=8142, num_test=10)
 
 
-def test_imagenet_lt_with_safa_after_stage_3_trains_from_list_files(tmp_path):
+@pytest.mark.parametrize("model, width", [("resnet50", 4), ("resnext50_32x4d", 16)])
+def test_imagenet_lt_with_safa_after_stage_3_trains_from_list_files(tmp_path, model, width):
+    # RSG's ImageNet-LT numbers are ResNeXt-50 32x4d's (width 16: each of its 32 groups keeps a channel).
     train, test = imagenet_lines("train", (6, 3, 1)), imagenet_lines("val", (2, 2, 2))
     write_lists(tmp_path / "lists", train, test)
     write_tree(tmp_path / "imagenet", train + test)
-    config = shrink(imagenet_lt.get_config(str(tmp_path / "lists")), image_size=32)
+    config = shrink(imagenet_lt.get_config(str(tmp_path / "lists")), image_size=32, width=width)
+    config.model.name = model
     config.data.data_dir = str(tmp_path / "imagenet")
     config.method = "safa"
     config.safa.start_epoch = 0  # augmented features join the loss in the two steps run here.
     config.safa.head_ratio = 0.34  # one head class of three.
     summary = train_and_evaluate(config, tmp_path / "run")
-    check_run(tmp_path / "run", summary, model="resnet50", num_classes=3, num_test=6)
+    check_run(tmp_path / "run", summary, model=model, num_classes=3, num_test=6)
 
     experiment, initial = build_experiment(config)
     trained = restore_if_any(experiment, checkpointing.Checkpoints(tmp_path / "run"), initial)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from safa_jax.models.resnet import ResNet, resnet50
+from safa_jax.models.resnet import ResNet, resnet50, resnext50_32x4d
 from safa_jax.models.torch_import import (
     convert_state_dict,
     convert_torchvision,
@@ -151,18 +151,21 @@ def torch():
     )
 
 
-def _torchvision_resnet(torch, layers: tuple[int, ...], *, num_classes: int, width: int = 64):
-    """torchvision's ResNet v1.5 (torchvision/models/resnet.py), rebuilt here: torchvision is not a dependency."""
+def _torchvision_resnet(torch, layers: tuple[int, ...], *, num_classes: int, width: int = 64, groups: int = 1,
+                        base_width: int = 64):
+    """torchvision's ResNet v1.5 and ResNeXt (torchvision/models/resnet.py), rebuilt here: torchvision is not a
+    dependency. ResNeXt's bottleneck is `groups` x (planes * base_width / 64) wide with a grouped 3x3 conv."""
     nn = torch.nn
 
     class Bottleneck(nn.Module):
         def __init__(self, in_channels: int, planes: int, stride: int):
             super().__init__()
             out_channels = planes * 4
-            self.conv1, self.bn1 = nn.Conv2d(in_channels, planes, 1, bias=False), nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.conv3, self.bn3 = nn.Conv2d(planes, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+            inner = int(planes * base_width / 64) * groups
+            self.conv1, self.bn1 = nn.Conv2d(in_channels, inner, 1, bias=False), nn.BatchNorm2d(inner)
+            self.conv2 = nn.Conv2d(inner, inner, 3, stride, padding=1, groups=groups, bias=False)
+            self.bn2 = nn.BatchNorm2d(inner)
+            self.conv3, self.bn3 = nn.Conv2d(inner, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
             self.downsample = None
             if stride != 1 or in_channels != out_channels:
                 self.downsample = nn.Sequential(
@@ -253,6 +256,29 @@ def test_converted_resnet50_matches_torch_in_eval_mode(torch, torch_resnet50):
     )
 
 
+def test_converted_resnext50_matches_torch_in_eval_mode(torch):
+    torch.manual_seed(0)
+    torch_model = _randomised_eval_model(
+        torch, _torchvision_resnet(torch, (3, 4, 6, 3), num_classes=10, groups=32, base_width=4), seed=2)
+    state_dict = {key: value.numpy() for key, value in torch_model.state_dict().items()}
+    assert state_dict["layer1.0.conv2.weight"].shape == (128, 4, 3, 3)  # 32 groups of 4 channels
+    params, stats, info = convert_torchvision(state_dict, "resnext50_32x4d")
+    assert info == {"model": "resnext50_32x4d", "num_classes": 10, "in_channels": 3, "width": 64}
+    bridge, _, _ = NnxBridge.split(nnx.eval_shape(lambda: resnext50_32x4d(10, rngs=nnx.Rngs(0))))
+    model = bridge.merge(params, stats)
+    images = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        torch_logits = torch_model(torch.from_numpy(images)).numpy()
+    assert np.abs(torch_logits).std() > 0.1
+    np.testing.assert_allclose(model(jnp.asarray(images.transpose(0, 2, 3, 1)), train=False), torch_logits,
+                               rtol=1e-4, atol=1e-4)
+    # torchvision's resnext50_32x4d has 25,028,904 parameters at 1000 classes.
+    _, full, _ = NnxBridge.split(nnx.eval_shape(lambda: resnext50_32x4d(1000, rngs=nnx.Rngs(0))))
+    assert sum(leaf.size for leaf in jax.tree.leaves(full)) == 25_028_904
+    with pytest.raises(ValueError, match="width=8 gives ResNeXt's first stage no channel per group"):
+        resnext50_32x4d(10, width=8, rngs=nnx.Rngs(0))
+
+
 def test_missing_unexpected_and_misshaped_keys_are_named(torch_resnet50):
     state_dict = dict(torch_resnet50[1])
     del state_dict["layer3.5.bn2.running_var"]
@@ -273,7 +299,7 @@ def test_resnet50_weights_do_not_convert_as_resnet152(torch_resnet50):
     # (weight, bias, running mean and variance): 34 * 15 = 510 missing keys.
     with pytest.raises(ValueError, match=r"missing keys: layer2\.4\.bn1\.bias, .* \.\.\. and 500 more$"):
         convert_torchvision(torch_resnet50[1], "resnet152")
-    with pytest.raises(ValueError, match=r"unknown torchvision model 'resnet101'; allowed: resnet50, resnet152"):
+    with pytest.raises(ValueError, match=r"unknown torchvision model 'resnet101'; allowed: resnet50, resnet152, resnext"):
         convert_torchvision(torch_resnet50[1], "resnet101")
 
 

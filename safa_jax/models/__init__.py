@@ -8,19 +8,22 @@ from collections.abc import Callable
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, NormedLinear
-from safa_jax.models.resnet import ResNet, resnet50, resnet152
+from safa_jax.models.resnet import ResNet, resnet50, resnet152, resnext50_32x4d
 from safa_jax.models.resnet_cifar import ResNetCifar
 
 # "resnet32" is the CIFAR ResNet family of the reference; blocks_per_stage=5 makes it ResNet-32.
-# "resnet50" / "resnet152" are torchvision's (fixed depth: blocks_per_stage is ignored; width = stem width, 64).
+# "resnet50" / "resnet152" / "resnext50_32x4d" are torchvision's (fixed depth: blocks_per_stage is ignored;
+# width = stem width, 64).
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "resnet32": ResNetCifar,
     "resnet50": resnet50,
     "resnet152": resnet152,
+    "resnext50_32x4d": resnext50_32x4d,
 }
 MODEL_NAMES = tuple(_BUILDERS)
 # Stages of each backbone (SAFA's placements 1..N), known before any model is built.
-NUM_STAGES = {"resnet32": ResNetCifar.num_stages, "resnet50": ResNet.num_stages, "resnet152": ResNet.num_stages}
+NUM_STAGES = {"resnet32": ResNetCifar.num_stages, "resnet50": ResNet.num_stages, "resnet152": ResNet.num_stages,
+              "resnext50_32x4d": ResNet.num_stages}
 
 __all__ = ["HEADS", "MODEL_NAMES", "NUM_STAGES", "NormedLinear", "ResNetCifar", "build_model"]
 

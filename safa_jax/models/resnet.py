@@ -1,4 +1,4 @@
-"""ResNet-50 and ResNet-152 in torchvision's layout (v1.5), split for SAFA like ResNet-32.
+"""ResNet-50, ResNet-152 and ResNeXt-50 (32x4d) in torchvision's layout (v1.5), split for SAFA like ResNet-32.
 
 The large-scale recipes (RSG's public settings) train torchvision's ResNets: ResNet-50 from scratch on
 iNaturalist 2018 and ImageNet-LT, ResNet-152 from ImageNet weights on Places-LT. Layout, padding
@@ -23,6 +23,7 @@ from safa_jax.models.split_backbone import SplitBackbone
 RESNET50_LAYERS = (3, 4, 6, 3)
 RESNET152_LAYERS = (3, 8, 36, 3)
 BOTTLENECK_EXPANSION = 4
+RESNEXT50_GROUPS, RESNEXT50_BASE_WIDTH = 32, 4  # "32x4d": 32 groups of 4 channels at the first stage
 
 # torchvision initialises every conv with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 KAIMING_NORMAL_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -34,26 +35,36 @@ _PAD_ONE = ((1, 1), (1, 1))
 _NO_PAD = ((0, 0), (0, 0))
 
 
-def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, *, groups: int = 1,
+          rngs: nnx.Rngs) -> nnx.Conv:
     padding = {1: _NO_PAD, 3: _PAD_ONE, 7: _STEM_PAD}[kernel]
-    return conv_no_bias(in_channels, out_channels, kernel, stride, padding, kernel_init=KAIMING_NORMAL_FAN_OUT,
-                        rngs=rngs)
+    if groups == 1:
+        return conv_no_bias(in_channels, out_channels, kernel, stride, padding, kernel_init=KAIMING_NORMAL_FAN_OUT,
+                            rngs=rngs)
+    # torchvision's grouped conv; its fan-out init counts one group's inputs (PyTorch's fan of a grouped
+    # weight (out, in / groups, k, k) is out * k * k for fan-out, the same as Flax's HWIO (k, k, in / groups, out)).
+    return nnx.Conv(in_channels, out_channels, kernel_size=(kernel, kernel), strides=stride, padding=padding,
+                    feature_group_count=groups, use_bias=False, kernel_init=KAIMING_NORMAL_FAN_OUT, rngs=rngs)
 
 
 class Bottleneck(nnx.Module):
     """1x1 (reduce) - 3x3 (with the stride) - 1x1 (expand x4), each with BN; shortcut added before the last ReLU.
 
+    ResNeXt: the 3x3 conv is grouped (`groups`) and the inner width is planes * base_width / 64 * groups.
+
     A projection shortcut (1x1 conv with the stride, then BN) replaces the identity where the
     shape changes; it is a two-entry list so that its names follow torchvision's `downsample.0/1`.
     """
 
-    def __init__(self, in_channels: int, planes: int, stride: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, planes: int, stride: int, *, groups: int = 1, base_width: int = 64,
+                 rngs: nnx.Rngs):
         out_channels = planes * BOTTLENECK_EXPANSION
-        self.conv1 = _conv(in_channels, planes, 1, 1, rngs=rngs)
-        self.bn1 = batch_norm(planes, rngs=rngs)
-        self.conv2 = _conv(planes, planes, 3, stride, rngs=rngs)
-        self.bn2 = batch_norm(planes, rngs=rngs)
-        self.conv3 = _conv(planes, out_channels, 1, 1, rngs=rngs)
+        inner = int(planes * base_width / 64) * groups  # torchvision's `width`: planes for ResNet, 2 planes for 32x4d
+        self.conv1 = _conv(in_channels, inner, 1, 1, rngs=rngs)
+        self.bn1 = batch_norm(inner, rngs=rngs)
+        self.conv2 = _conv(inner, inner, 3, stride, groups=groups, rngs=rngs)
+        self.bn2 = batch_norm(inner, rngs=rngs)
+        self.conv3 = _conv(inner, out_channels, 1, 1, rngs=rngs)
         self.bn3 = batch_norm(out_channels, rngs=rngs)
         changes_shape = stride != 1 or in_channels != out_channels
         self.downsample = (
@@ -105,11 +116,16 @@ class ResNet(SplitBackbone):
         in_channels: int = 3,
         width: int = 64,
         head: str = "linear",
+        groups: int = 1,
+        base_width: int = 64,
         rngs: nnx.Rngs,
     ):
         self._check_common_arguments(num_classes, in_channels, head)
         if width < 1:
             raise ValueError(f"width must be at least 1 (64 in torchvision), got {width}")
+        if int(width * base_width / 64) < 1:
+            raise ValueError(f"width={width} gives ResNeXt's first stage no channel per group "
+                             f"(width * {base_width} / 64 < 1); allowed: width >= {-(-64 // base_width)}")
         if len(layers) != self.num_stages or min(layers) < 1:
             raise ValueError(f"layers must be {self.num_stages} block counts of at least 1, got {layers!r}")
         self.width = width
@@ -120,9 +136,10 @@ class ResNet(SplitBackbone):
         for stage, num_blocks in enumerate(layers, start=1):
             planes = width * 2 ** (stage - 1)
             first_stride = 1 if stage == 1 else 2
-            blocks = [Bottleneck(block_in, planes, first_stride, rngs=rngs)]
+            shape = dict(groups=groups, base_width=base_width, rngs=rngs)
+            blocks = [Bottleneck(block_in, planes, first_stride, **shape)]
             block_in = planes * BOTTLENECK_EXPANSION
-            blocks += [Bottleneck(block_in, planes, 1, rngs=rngs) for _ in range(num_blocks - 1)]
+            blocks += [Bottleneck(block_in, planes, 1, **shape) for _ in range(num_blocks - 1)]
             stages.append(nnx.List(blocks))
         self.stages = nnx.List(stages)
         self.head = torchvision_head(head, block_in, num_classes, rngs=rngs)
@@ -154,9 +171,11 @@ class ResNet(SplitBackbone):
 
 
 def _torchvision_resnet(num_classes: int, layers: tuple[int, ...], *, in_channels: int = 3, width: int = 64,
-                       blocks_per_stage: int | None = None, head: str = "linear", rngs: nnx.Rngs) -> ResNet:
+                       blocks_per_stage: int | None = None, head: str = "linear", groups: int = 1,
+                       base_width: int = 64, rngs: nnx.Rngs) -> ResNet:
     del blocks_per_stage  # The registry's argument for the CIFAR family; here the depth is in the name.
-    return ResNet(num_classes, layers=layers, in_channels=in_channels, width=width, head=head, rngs=rngs)
+    return ResNet(num_classes, layers=layers, in_channels=in_channels, width=width, head=head, groups=groups,
+                  base_width=base_width, rngs=rngs)
 
 
 def resnet50(num_classes: int, **kwargs) -> ResNet:
@@ -169,3 +188,10 @@ def resnet50(num_classes: int, **kwargs) -> ResNet:
 def resnet152(num_classes: int, **kwargs) -> ResNet:
     """ResNet-152 (60,192,808 parameters for 1000 classes); arguments as for `resnet50`."""
     return _torchvision_resnet(num_classes, RESNET152_LAYERS, **kwargs)
+
+
+def resnext50_32x4d(num_classes: int, **kwargs) -> ResNet:
+    """ResNeXt-50 32x4d (25,028,904 parameters for 1000 classes), the backbone of RSG's ImageNet-LT numbers;
+    arguments as for `resnet50` (`width` >= 16, so that each of the 32 groups keeps a channel)."""
+    return _torchvision_resnet(num_classes, RESNET50_LAYERS, groups=RESNEXT50_GROUPS,
+                               base_width=RESNEXT50_BASE_WIDTH, **kwargs)

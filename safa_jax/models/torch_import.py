@@ -22,12 +22,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from safa_jax.models.resnet import ResNet, resnet50, resnet152
+from safa_jax.models.resnet import ResNet, resnet50, resnet152, resnext50_32x4d
 from safa_jax.state import NnxBridge
 
 PyTree = Any
 
-TORCHVISION_MODELS: dict[str, Callable[..., ResNet]] = {"resnet50": resnet50, "resnet152": resnet152}
+TORCHVISION_MODELS: dict[str, Callable[..., ResNet]] = {"resnet50": resnet50, "resnet152": resnet152,
+                                                        "resnext50_32x4d": resnext50_32x4d}
 CLASSIFIER_PREFIX = "fc."
 INFO_FILE = "pretrained.json"
 CHECKPOINT_DIR = "checkpoint"
