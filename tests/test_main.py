@@ -153,6 +153,22 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 # --- stops, locks, corrupt checkpoints and bad input (one line each) -----------------------------
 
 
+def _restored_tiny_digits_run(workdir, **overrides):
+    """(experiment, latest state) of a run trained by `run_cli` on configs/digits_lt.py with TINY_FLAGS (and
+    `overrides`, dotted with "__"), rebuilt in this process."""
+    from configs import digits_lt
+    from safa_jax import checkpointing
+    from safa_jax.experiment import restore_if_any
+    config = digits_lt.get_config()
+    flags = [flag[len("--config."):].split("=") for flag in TINY_FLAGS]
+    for dotted, value in [*flags, *((k.replace("__", "."), v) for k, v in overrides.items())]:
+        section, _, name = dotted.rpartition(".")
+        node = config[section] if section else config
+        node[name] = type(node[name])(value)
+    experiment, state = build_experiment(config)
+    return experiment, restore_if_any(experiment, checkpointing.Checkpoints(workdir), state)
+
+
 def _last_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
 
@@ -294,19 +310,9 @@ def test_balanced_softmax_trains_and_posthoc_logit_adjustment_evaluates(tmp_path
     assert results["posthoc"] == "logit_adjust" and results["tau"] == 2.0
     assert (workdir / "eval_results.json").exists()  # the plain results are kept beside
 
-    from safa_jax import checkpointing, evaluate
+    from safa_jax import evaluate
     from safa_jax.losses.base import log_class_prior
-    from safa_jax.experiment import restore_if_any
-    from configs import digits_lt
-    config = digits_lt.get_config()
-    for flag in TINY_FLAGS:
-        dotted, value = flag[len("--config."):].split("=")
-        section, _, name = dotted.rpartition(".")
-        node = config[section] if section else config
-        node[name] = type(node[name])(value)
-    config.loss.name = "balanced_softmax"
-    experiment, state = build_experiment(config)
-    state = restore_if_any(experiment, checkpointing.Checkpoints(workdir), state)
+    experiment, state = _restored_tiny_digits_run(workdir, loss__name="balanced_softmax")
     predict = evaluate.make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std)
     logits = np.asarray(predict(state.params["backbone"], state.batch_stats["backbone"], experiment.data.test_images))
     prior = log_class_prior(experiment.data.class_counts)
@@ -368,18 +374,9 @@ def test_tau_normalisation_and_a_tau_search_evaluate_a_trained_run(tmp_path):
     assert (search["best_tau"], search["best_top1_accuracy"]) == (best["tau"], best["top1_accuracy"])
     assert search["selection"] == "best tau chosen on the test set"
 
-    from configs import digits_lt
-    from safa_jax import checkpointing, evaluate
-    from safa_jax.experiment import restore_if_any
+    from safa_jax import evaluate
     from safa_jax.models.heads import tau_normalized_linear
-    config = digits_lt.get_config()
-    for flag in TINY_FLAGS:
-        dotted, value = flag[len("--config."):].split("=")
-        section, _, name = dotted.rpartition(".")
-        node = config[section] if section else config
-        node[name] = type(node[name])(value)
-    experiment, state = build_experiment(config)
-    state = restore_if_any(experiment, checkpointing.Checkpoints(workdir), state)
+    experiment, state = _restored_tiny_digits_run(workdir)
     params = dict(state.params["backbone"], head=tau_normalized_linear(state.params["backbone"]["head"], 1.0))
     predict = evaluate.make_predict_fn(experiment.backbone, experiment.data.mean, experiment.data.std)
     logits = np.asarray(predict(params, state.batch_stats["backbone"], experiment.data.test_images))
