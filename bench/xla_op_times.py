@@ -5,7 +5,7 @@ the trace back (`jax.profiler.ProfileData`) and prints milliseconds per step for
 oneDNN convolutions (`ffi_call`), YNNPACK's reductions (`ynn_fusion`) and each kind of XLA fusion (named after
 its root operations, e.g. `broadcast_subtract_fusion`), largest first. Operations on XLA's two threads can
 overlap, so the column can sum to more than the wall time. This is how the materialised `x - mean` of Flax's
-BatchNorm form showed up (docs/benchmarks.md).
+BatchNorm form showed up (docs/benchmark_log.md).
 Run from the repository root:  .venv/bin/python bench/xla_op_times.py [--batch_norm flax] [--top 12]
 """
 

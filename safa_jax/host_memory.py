@@ -4,7 +4,7 @@ Why: XLA's CPU runtime allocates each execution's temporary buffer with malloc a
 ResNet-32 train step at batch 128 that is one 478 MB block per step; glibc serves blocks above 32 MB with a fresh
 mmap and returns them with munmap, so every step touches 478 MB of new pages: about 117,000 page faults a
 step (PyTorch's step: about 400). On the project's 2-core Xeon the step ran at 307.4 images/s with these
-settings and 271.9 without (bench/train_step.py, docs/benchmarks.md).
+settings and 271.9 without (bench/train_step.py, docs/benchmark_log.md).
 
 glibc cannot be told to keep blocks that large in its mmap path, so this turns mmap off (M_MMAP_MAX=0) and
 keeps the heap's freed top (M_TRIM_THRESHOLD); both only apply to the main heap, so all threads use it

@@ -1,6 +1,6 @@
 """Process settings for training on the CPU, applied by the entry points before JAX starts, never on import.
 
-Two settings pay on the CPU only (docs/benchmarks.md): XLA's YNNPACK fusion flag (`xla_flags`) and glibc's
+Two settings pay on the CPU only (docs/benchmark_log.md): XLA's YNNPACK fusion flag (`xla_flags`) and glibc's
 malloc kept from unmapping XLA's per-step buffer (`host_memory`). On a TPU host the single malloc arena
 would serialise tf.data's threads, so they are applied only when the platform will be the CPU, decided
 before JAX starts from:

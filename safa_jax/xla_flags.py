@@ -4,7 +4,7 @@ jaxlib 0.10.x hands convolutions to YNNPACK, which is about 10x slower than XLA'
 the weight-gradient convolutions of a ResNet train step on CPU (ResNet-32 trained at
 about 27 images/s without a flag and about 100 with one on the project's 2-core machine). The flag
 `--xla_cpu_experimental_ynn_fusion_type` names what YNNPACK keeps; which value is fastest depends on who
-runs the convolutions (docs/benchmarks.md, ResNet-32 train step on the 2-core Xeon):
+runs the convolutions (docs/benchmark_log.md, ResNet-32 train step on the 2-core Xeon):
 
 - XLA's own convolutions: "eltwise,reduce" (614 ms a step; "reduce" 719, "eltwise" 659);
 - oneDNN's convolutions (`config.model.conv_backend`, chosen by "auto" wherever they can be built):

@@ -4,7 +4,7 @@ recomputing it.
 Why: in the ResNet-32 train step XLA's CPU fusion pass copies the cheap elementwise chain of a residual stage
 (BatchNorm, shortcut add, ReLU of every earlier block) into each later block's fusion: the fusion that writes
 block k's output re-reads the convolution outputs of all blocks before it (up to 7 activation-sized arrays)
-instead of block k-1's output, and the backward pass does the same (docs/benchmarks.md).
+instead of block k-1's output, and the backward pass does the same (docs/benchmark_log.md).
 `lax.optimization_barrier` would express this, but XLA's CPU pipeline removes it before fusion. A custom call
 is opaque to fusion; this one (`SafaKeepInMemory` in onednn_conv.cc) takes its argument's buffer as its
 result, so it moves no data. Gradients pass through unchanged. CPU only, registered with the oneDNN

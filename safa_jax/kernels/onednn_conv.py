@@ -2,7 +2,7 @@
 weight gradient run in oneDNN (the library PyTorch uses on CPU) through XLA FFI custom calls.
 
 Why: XLA's CPU convolutions (Eigen) are 1.3-2x slower than oneDNN on a forward pass and 3-5x on weight
-gradients for ResNet-32's shapes (docs/benchmarks.md), and convolutions are most of a train step.
+gradients for ResNet-32's shapes (docs/benchmark_log.md), and convolutions are most of a train step.
 The mathematics is the same convolution; `tests/test_conv_backend.py` checks outputs and gradients against
 `jax.lax.conv_general_dilated`.
 

@@ -5,7 +5,7 @@
   memory (the convolution's output).
 - "flax": Flax's own y = (x - mean) * a + bias. Its gradient needs x - mean, which XLA writes out as one
   more activation-sized array per BatchNorm and reads back in the backward pass: the ResNet-32 train step
-  on the project's 2-core Xeon is about 15 % slower this way (docs/benchmarks.md).
+  on the project's 2-core Xeon is about 15 % slower this way (docs/benchmark_log.md).
 
 Both compute the same statistics (Flax's, masks included), update the running averages the same way and
 hold the same variables, so checkpoints do not depend on the choice; outputs and gradients agree to float

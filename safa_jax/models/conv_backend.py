@@ -7,7 +7,7 @@
   from the same library), so XLA's CPU fusion does not recompute earlier blocks inside later ones.
 - "auto" (the default): "onednn" where it can run (a single CPU device computing in float32, the oneDNN
   wheels installed and a C++ compiler present), "xla" everywhere else. On the project's 2-core Xeon the
-  ResNet-32 train step runs about 1.3-1.5x faster with "onednn" (docs/benchmarks.md).
+  ResNet-32 train step runs about 1.3-1.5x faster with "onednn" (docs/benchmark_log.md).
 
 The choice is not part of a checkpoint: parameters are the same arrays either way.
 """
