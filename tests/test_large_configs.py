@@ -81,6 +81,16 @@ def test_inat18_trains_and_evaluates_on_mock_tfds_data(tmp_path):
     check_run(tmp_path, summary, model="resnet50", num_classes=8142, num_test=10)
 
 
+def test_imagenet_lt_trains_and_evaluates_on_mock_tfds_data(tmp_path):
+    # tfds's imagenet_lt builder: its "train" split trains, its "test" split (OLTR's test set) evaluates.
+    config = shrink(imagenet_lt.get_config("tfds"))
+    assert config.data.source == "tfds:imagenet_lt" and config.data.pipeline == "stream"
+    config.loss.name, config.loss.train_rule = "ce", "none"  # 10 mock images leave most of 1,000 classes empty
+    with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
+        summary = train_and_evaluate(config, tmp_path)
+    check_run(tmp_path, summary, model="resnet50", num_classes=1000, num_test=10)
+
+
 @pytest.mark.parametrize("model, width", [("resnet50", 4), ("resnext50_32x4d", 16)])
 def test_imagenet_lt_with_safa_after_stage_3_trains_from_list_files(tmp_path, model, width):
     # RSG's ImageNet-LT numbers are ResNeXt-50 32x4d's (width 16: each of its 32 groups keeps a channel).
