@@ -29,7 +29,8 @@ from safa_jax.data.longtail import longtail_class_counts  # noqa: E402
 from safa_jax.data.sources import LongTailedData  # noqa: E402
 from safa_jax.experiment import build_experiment  # noqa: E402
 from safa_jax.models.conv_backend import CONV_BACKENDS, resolve_conv_backend  # noqa: E402
-from safa_jax.train import make_input, make_train_step  # noqa: E402
+from safa_jax.data.step_input import make_input  # noqa: E402
+from safa_jax.train import make_train_step  # noqa: E402
 
 
 def synthetic_cifar_lt(rho: float = 100.0, *, n_max: int = 5000, image_size: int = 32) -> LongTailedData:

@@ -60,7 +60,8 @@ def three_augmented_steps(config, mesh):
     import jax  # here: the data-only tests import this module without building a model
 
     from safa_jax.experiment import build_experiment
-    from safa_jax.train import make_input, make_train_step
+    from safa_jax.data.step_input import make_input
+    from safa_jax.train import make_train_step
 
     experiment, state = build_experiment(config, data=tiny_data(), mesh=mesh)
     batch_input = make_input(experiment, start_step=0)

@@ -148,7 +148,7 @@ def test_the_trainer_draws_resampled_batches_with_the_configured_weights(samplin
 
     from configs import common
     from safa_jax import sharding
-    from safa_jax.train import InMemoryInput
+    from safa_jax.data.step_input import InMemoryInput
 
     labels = np.repeat([0, 1], [5000, 25]).astype(np.int32)
     config = common.get_config()

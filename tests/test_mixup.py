@@ -58,7 +58,8 @@ def test_bad_mixup_configs_are_refused(overrides, message):
 
 def test_a_mixup_step_differs_from_the_plain_step_and_a_mixup_run_trains_and_evaluates(tmp_path):
     from safa_jax.experiment import build_experiment
-    from safa_jax.train import make_input, make_train_step, train_and_evaluate
+    from safa_jax.data.step_input import make_input
+    from safa_jax.train import make_train_step, train_and_evaluate
 
     mesh, data = sharding.make_mesh(), tiny_data()
     losses = {}

@@ -18,7 +18,8 @@ from safa_jax import evaluate, sharding
 from safa_jax.config_checks import validate_config
 from safa_jax.experiment import build_experiment
 from safa_jax.precision import Precision
-from safa_jax.train import make_input, make_train_step
+from safa_jax.data.step_input import make_input
+from safa_jax.train import make_train_step
 from tests.helpers import tiny_config, tiny_data
 
 NUM_STEPS = 3

@@ -83,7 +83,8 @@ def test_head_classes_are_the_largest_and_leave_a_tail():
 
 def test_an_rsg_run_generates_from_its_start_epoch_and_trains_all_its_parts(tmp_path):
     from safa_jax.experiment import build_experiment
-    from safa_jax.train import make_input, make_train_step
+    from safa_jax.data.step_input import make_input
+    from safa_jax.train import make_train_step
 
     mesh, data = sharding.make_mesh(), tiny_data()
     experiment, state = build_experiment(tiny_config(method="rsg", rsg__start_epoch=1), data=data, mesh=mesh)

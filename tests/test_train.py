@@ -9,7 +9,8 @@ import pytest
 
 from safa_jax import evaluate, sharding
 from safa_jax.experiment import build_experiment, learning_rate_schedule, make_optimizer
-from safa_jax.train import make_input, make_train_step, train_and_evaluate
+from safa_jax.data.step_input import make_input
+from safa_jax.train import make_train_step, train_and_evaluate
 from tests.helpers import tiny_config, tiny_data
 
 

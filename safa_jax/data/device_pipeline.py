@@ -27,7 +27,7 @@ def epoch_order(key: jax.Array, epoch, *, num_examples: int) -> jax.Array:
 
     `key` must be the same for every step of a run (it is derived from the seed alone): one permutation is
     then sliced into the epoch's batches, so every example is seen once per epoch (sampling without
-    replacement, as a shuffled PyTorch DataLoader). `train.InMemoryInput.batch_args` computes it on the
+    replacement, as a shuffled PyTorch DataLoader). `step_input.InMemoryInput.batch_args` computes it on the
     devices once per epoch, outside the step.
     """
     return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)

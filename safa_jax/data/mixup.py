@@ -10,7 +10,6 @@ since normalisation is affine and the two weights sum to 1, so both input pipeli
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 
 def mix_batch(x: jax.Array, y: jax.Array, key: jax.Array, *, alpha: float) -> tuple[jax.Array, jax.Array, jax.Array]:

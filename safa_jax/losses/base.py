@@ -211,11 +211,20 @@ def class_weights_at(
     return jnp.where(_in_second_stage(loss_config, epoch), balanced, ones)
 
 
-def balanced_sampling_at(loss_config: ml_collections.ConfigDict, epoch: jax.Array | int) -> jax.Array:
-    """Bool scalar: draw class-balanced batches at `epoch` ("resample", or "drs" from the second stage)."""
+def balanced_from_epoch(loss_config: ml_collections.ConfigDict) -> int | None:
+    """The (0-based) epoch from which batches are drawn class-balanced: 0 under "resample", the second stage
+    under "drs", None under the other rules. Both input pipelines follow it."""
     if loss_config.train_rule not in _RESAMPLE_RULES:
+        return None
+    return loss_config.second_stage_epoch if loss_config.train_rule in _DEFERRED_RULES else 0
+
+
+def balanced_sampling_at(loss_config: ml_collections.ConfigDict, epoch: jax.Array | int) -> jax.Array:
+    """Bool scalar: draw class-balanced batches at `epoch` (`balanced_from_epoch` on)."""
+    start = balanced_from_epoch(loss_config)
+    if start is None:
         return jnp.asarray(False)
-    return _in_second_stage(loss_config, epoch)
+    return jnp.asarray(epoch) >= start
 
 
 def sampling_class_weights(loss_config: ml_collections.ConfigDict,
