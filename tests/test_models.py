@@ -195,7 +195,7 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not():
 
 
 def test_registry_lists_names_and_heads():
-    assert MODEL_NAMES == ("resnet32", "resnet50", "resnet152")
+    assert MODEL_NAMES == ("resnet32", "resnet50", "resnet152", "resnext50_32x4d")
     assert HEADS == ("linear", "normed")
 
 
