@@ -96,14 +96,7 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001
             raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory} cannot be read: "
                                          f"{_first_line(error)}") from None
-        if checksums is not None:
-            differing = [path for path, crc in state_checksums(restored).items() if checksums.get(path) != crc]
-            if differing:
-                raise CheckpointCorruptError(
-                    f"checkpoint step {step} in {self.directory} is corrupt: {len(differing)} arrays differ from "
-                    f"the checksums recorded when it was saved, first {differing[0]}")
-        else:
-            logging.info("Checkpoint step %d has no recorded checksums (written by an older version)", step)
+        self._verify(step, restored, checksums)
         return restored
 
     def restore_arrays(self, step: int, checksums: dict[str, int] | None = None) -> dict[str, Any]:
@@ -115,16 +108,23 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001
             raise CheckpointCorruptError(f"checkpoint step {step} in {self.directory} cannot be read: "
                                          f"{_first_line(error)}") from None
-        if checksums is not None:
-            # Saved from a TrainState (".params['backbone']['stages'][0]..."), restored as dicts with string keys
-            # ("['params']['backbone']['stages']['0']..."): compared by `plain_path`.
-            recorded = {plain_path(path): crc for path, crc in checksums.items()}
-            differing = [path for path, crc in state_checksums(restored).items() if recorded.get(plain_path(path)) != crc]
-            if differing:
-                raise CheckpointCorruptError(
-                    f"checkpoint step {step} in {self.directory} is corrupt: {len(differing)} arrays differ from "
-                    f"the checksums recorded when it was saved, first {differing[0]}")
+        self._verify(step, restored, checksums)
         return restored
+
+    def _verify(self, step: int, restored, checksums: dict[str, int] | None) -> None:
+        """Raises CheckpointCorruptError where an array's CRC-32 differs from the one recorded at save.
+
+        Paths are compared by `plain_path`: a TrainState restored as dicts has string keys
+        ("['params']['stages']['0']") where the save recorded ".params['stages'][0]"."""
+        if checksums is None:
+            logging.info("Checkpoint step %d has no recorded checksums (written by an older version)", step)
+            return
+        recorded = {plain_path(path): crc for path, crc in checksums.items()}
+        differing = [path for path, crc in state_checksums(restored).items() if recorded.get(plain_path(path)) != crc]
+        if differing:
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} in {self.directory} is corrupt: {len(differing)} arrays differ from "
+                f"the checksums recorded when it was saved, first {differing[0]}")
 
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk (call before exit)."""

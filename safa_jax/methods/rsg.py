@@ -60,10 +60,13 @@ class RsgMethod(Method):
     def frozen(self, params, variant: Hashable):
         """As the official code's optimizer sees it: before generation T has no gradient (PyTorch's SGD skips it,
         weight decay included); from generation on the contrastive module is frozen (requires_grad=False)."""
-        stays = (lambda part: part == "transform") if not variant else (lambda part: part.startswith("contrastive"))
-        return {name: (jax.tree.map(lambda _: False, tree) if name != self.name else
-                       {part: jax.tree.map(lambda _, s=stays(part): s, sub) for part, sub in tree.items()})
-                for name, tree in params.items()}
+        def stays(part: str) -> bool:
+            return part.startswith("contrastive") if variant else part == "transform"
+
+        frozen = jax.tree.map(lambda _: False, params)
+        frozen[self.name] = {part: jax.tree.map(lambda _, s=stays(part): s, tree)
+                             for part, tree in params[self.name].items()}
+        return frozen
 
     def variant_at(self, epoch: int) -> Hashable:
         """True from `rsg.start_epoch` on: generated features join the classification loss."""
