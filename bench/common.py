@@ -68,7 +68,7 @@ def own_process() -> Iterator[concurrent.futures.ProcessPoolExecutor]:
     convolutions use do not share a process well (timed in the JAX process after the oneDNN step, PyTorch
     channels_last fell from about 420 to 346 images/s; docs/benchmark_log.md), and users run each framework in a
     process of its own. The child imports `safa_jax` (through the bench modules) but opts out of its malloc
-    settings (safa_jax/host_memory.py), so PyTorch runs as it would anywhere else. Submitted functions must be
+    settings (safa_jax/cpu/host_memory.py), so PyTorch runs as it would anywhere else. Submitted functions must be
     importable (module level) and their arguments picklable.
     """
     previous = os.environ.get("SAFA_JAX_KEEP_MALLOC")

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+from safa_jax.cpu.process_settings import apply_cpu_process_settings  # noqa: E402
 
 apply_cpu_process_settings()  # before JAX starts
 import jax  # noqa: E402
@@ -29,7 +29,7 @@ from bench.torch_resnet32 import ResNetCifar as TorchResNetCifar  # noqa: E402
 from bench.train_throughput import conv_backend_in_use  # noqa: E402
 from safa_jax.evaluate import make_predict_fn  # noqa: E402
 from safa_jax.models import build_model  # noqa: E402
-from safa_jax.models.conv_backend import CONV_BACKENDS, use_conv_backend  # noqa: E402
+from safa_jax.models.layer_ops import CONV_BACKENDS, layer_ops  # noqa: E402
 from safa_jax.state import NnxBridge  # noqa: E402
 
 NUM_CLASSES = 10
@@ -38,8 +38,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 def jax_rates(args: argparse.Namespace) -> list[float]:
     model = build_model("resnet32", num_classes=NUM_CLASSES, in_channels=3, width=16, blocks_per_stage=5,
-                        head="linear", rngs=nnx.Rngs(0))
-    use_conv_backend(model, conv_backend_in_use(args.conv_backend))
+                        head="linear", ops=layer_ops(conv_backend_in_use(args.conv_backend)), rngs=nnx.Rngs(0))
     backbone, params, stats = NnxBridge.split(model)
     predict = make_predict_fn(backbone, CIFAR_MEAN, CIFAR_STD)
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (args.batch_size, 32, 32, 3), np.uint8))

@@ -1,6 +1,6 @@
 """Where the oneDNN time of a ResNet-32 train step goes, in JAX (conv_backend="onednn") and in PyTorch.
 
-Both frameworks run their convolutions in oneDNN on this CPU (JAX through safa_jax/kernels, PyTorch
+Both frameworks run their convolutions in oneDNN on this CPU (JAX through safa_jax/cpu, PyTorch
 built in). Each framework's step runs in a child process with ONEDNN_VERBOSE=1; this script sums the
 execution times oneDNN reports per primitive kind over the timed steps and prints milliseconds per step,
 next to the step's wall time, so what is left of a gap between the two is placed: in oneDNN (which
@@ -22,7 +22,7 @@ from collections.abc import Callable
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+from safa_jax.cpu.process_settings import apply_cpu_process_settings  # noqa: E402
 
 apply_cpu_process_settings()  # before JAX starts
 
@@ -60,7 +60,7 @@ def primitive_ms(log: str, steps: int, batch: int) -> dict[str, tuple[float, flo
     """{"primitive prop_kind": (ms per step, calls per step)} from ONEDNN_VERBOSE lines after START.
 
     JAX splits each convolution of a `batch`-image step into pieces that run at once on XLA's threads
-    (safa_jax/kernels/onednn_conv.cc): a piece of mb images counts mb / batch of its time and of a call, so
+    (safa_jax/cpu/onednn_conv.cc): a piece of mb images counts mb / batch of its time and of a call, so
     the figures are wall time per step, as PyTorch's (one primitive, all threads).
     """
     totals, calls = collections.Counter(), collections.Counter()

@@ -3,7 +3,7 @@
 --compare batch_norm: BatchNorm's forms (`config.model.batch_norm`), "folded" (x * a + (bias - mean * a))
   against "flax" ((x - mean) * a + bias).
 --compare keep_block_outputs: with the oneDNN convolutions, the backbone keeping every block's output in
-  memory (`safa_jax/kernels/keep_in_memory.py`, the default) against leaving XLA's CPU fusion free to
+  memory (`safa_jax/cpu/keep_in_memory.py`, the default) against leaving XLA's CPU fusion free to
   recompute earlier blocks inside later ones.
 Both steps are compiled first; then every round times --steps steps of each variant in turn, so the load
 changes of a shared machine fall on both alike. Prints each variant's median ms per step and the median over
@@ -22,15 +22,15 @@ from unittest import mock
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+from safa_jax.cpu.process_settings import apply_cpu_process_settings  # noqa: E402
 
 apply_cpu_process_settings()  # before JAX starts
 
 from bench.common import machine_description, paired_ratio, timed_in_rounds, timed_rate  # noqa: E402
 from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
-from safa_jax.kernels.keep_in_memory import unchanged  # noqa: E402
-from safa_jax.models import conv_backend  # noqa: E402
+from safa_jax.cpu import keep_in_memory  # noqa: E402
+from safa_jax.models.layer_ops import unchanged  # noqa: E402
 
 # comparison -> ((variant name, config.model overrides, backbone keeps its block outputs) for both variants)
 COMPARISONS = {
@@ -46,7 +46,7 @@ def variant_timer(args: argparse.Namespace, model_overrides: dict, keeps_block_o
     config.batch_size = args.batch_size
     config.method = "safa" if args.safa else "plain"
     config.model.update(model_overrides)
-    not_kept = mock.patch.object(conv_backend, "keep_in_memory", unchanged)
+    not_kept = mock.patch.object(keep_in_memory, "keep_in_memory", unchanged)  # what LayerOps for oneDNN take
     with contextlib.nullcontext() if keeps_block_outputs else not_kept:
         run = step_runner(config, synthetic_cifar_lt(), with_augmented=args.safa)
     run(2)

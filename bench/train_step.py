@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+from safa_jax.cpu.process_settings import apply_cpu_process_settings  # noqa: E402
 
 apply_cpu_process_settings()  # before JAX starts
 import torch  # noqa: E402
@@ -40,7 +40,7 @@ from bench.torch_resnet32 import ResNetCifar  # noqa: E402
 from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_cifar_lt  # noqa: E402
 from configs import cifar10_lt  # noqa: E402
 from safa_jax.models.batch_norm import BATCH_NORM_FORMS  # noqa: E402
-from safa_jax.models.conv_backend import CONV_BACKENDS  # noqa: E402
+from safa_jax.models.layer_ops import CONV_BACKENDS  # noqa: E402
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)  # CHW of the CIFAR images both frameworks train on.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+from safa_jax.cpu.process_settings import apply_cpu_process_settings  # noqa: E402
 
 apply_cpu_process_settings()  # before JAX starts
 import jax  # noqa: E402
@@ -28,7 +28,7 @@ from safa_jax import sharding  # noqa: E402
 from safa_jax.data.longtail import longtail_class_counts  # noqa: E402
 from safa_jax.data.sources import LongTailedData  # noqa: E402
 from safa_jax.experiment import build_experiment  # noqa: E402
-from safa_jax.models.conv_backend import CONV_BACKENDS, resolve_conv_backend  # noqa: E402
+from safa_jax.models.layer_ops import CONV_BACKENDS, resolve_conv_backend  # noqa: E402
 from safa_jax.data.step_input import make_input  # noqa: E402
 from safa_jax.train import make_train_step  # noqa: E402
 
@@ -50,7 +50,7 @@ def synthetic_cifar_lt(rho: float = 100.0, *, n_max: int = 5000, image_size: int
 
 def conv_backend_in_use(requested: str) -> str:
     """What `config.model.conv_backend=requested` runs on this machine's default mesh ("xla" or "onednn")."""
-    model_config = ml_collections.ConfigDict({"conv_backend": requested, "compute_dtype": "float32"})
+    model_config = ml_collections.ConfigDict({"conv_backend": requested, "compute_dtype": "float32", "batch_norm": "folded"})
     return resolve_conv_backend(model_config, sharding.make_mesh())
 
 

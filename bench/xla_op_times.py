@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from safa_jax.process_settings import apply_cpu_process_settings  # noqa: E402
+from safa_jax.cpu.process_settings import apply_cpu_process_settings  # noqa: E402
 
 apply_cpu_process_settings()  # before JAX starts
 import jax  # noqa: E402

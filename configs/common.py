@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     # and H100s; safa_jax/precision.py). Checkpoints are float32 either way.
     config.model.compute_dtype = "float32"
     # Convolution implementation: "auto" | "xla" | "onednn". "auto" takes oneDNN's CPU kernels where they can run
-    # (one CPU device, float32, the oneDNN wheels and a C++ compiler present; safa_jax/models/conv_backend.py),
+    # (one CPU device, float32, the oneDNN wheels and a C++ compiler present; safa_jax/models/layer_ops.py),
     # XLA's everywhere else. Same mathematics either way.
     config.model.conv_backend = "auto"
     # How BatchNorm's normalisation is written: "folded" (x * a + (bias - mean * a), as PyTorch's CPU kernel; faster)

@@ -13,8 +13,7 @@ from safa_jax.data.streaming import validate_stream_config
 from safa_jax.losses.base import POSTHOC, tau_search, validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
 from safa_jax.models.heads import resolve_head
-from safa_jax.models.batch_norm import validate_batch_norm_form
-from safa_jax.models.conv_backend import validate_conv_backend
+from safa_jax.models.layer_ops import validate_layer_config
 from safa_jax.models.torch_import import read_pretrained_info
 from safa_jax.precision import Precision
 from safa_jax.warm_start import check_init_from
@@ -49,8 +48,7 @@ def validate_config(config) -> None:
                          "--config.model.allow_random_init=True to train from random weights")
     positive_int(config.model.blocks_per_stage, "model.blocks_per_stage")
     Precision.from_config(config.model)  # Names an unknown compute_dtype and the allowed ones.
-    validate_conv_backend(config.model)
-    validate_batch_norm_form(config.model.batch_norm)
+    validate_layer_config(config.model)
     validate_loss_config(config.loss, num_classes=None)
     validate_mixup_config(config)
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps",

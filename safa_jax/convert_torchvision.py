@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from safa_jax.process_settings import apply_cpu_process_settings
+from safa_jax.cpu.process_settings import apply_cpu_process_settings
 from safa_jax.models.torch_import import TORCHVISION_MODELS, convert_torchvision, save_pretrained
 
 

@@ -5,7 +5,6 @@ becomes a model, and a checkpoint is only restored into the model that wrote it.
 """
 
 import dataclasses
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -24,8 +23,7 @@ from safa_jax.data import device_pipeline
 from safa_jax.data.sources import LongTailedData, load_data
 from safa_jax.methods import METHODS, Method, ModuleSetup
 from safa_jax.models import build_model
-from safa_jax.models.batch_norm import use_batch_norm_form
-from safa_jax.models.conv_backend import resolve_conv_backend, use_conv_backend
+from safa_jax.models.layer_ops import LayerOps, layer_ops_for
 from safa_jax.models.heads import resolve_head
 from safa_jax.models.torch_import import init_from_pretrained
 from safa_jax.state import NnxBridge, TrainState
@@ -41,6 +39,7 @@ class Experiment:
     mesh: jax.sharding.Mesh
     backbone: NnxBridge
     method: Method  # config.method's, built: its modules' bridge, variants and classifier batch
+    layer_ops: LayerOps  # how the models' layers compute (config.model.conv_backend, batch_norm)
     optimizer: optax.GradientTransformation
     steps_per_epoch: int
     num_train_steps: int
@@ -105,7 +104,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     """Validates the config, loads the data, builds the models and the initial (replicated) state."""
     validate_config(config)
     mesh = sharding.make_mesh() if mesh is None else mesh
-    conv_backend = resolve_conv_backend(config.model, mesh)  # Builds the oneDNN kernels, if used, before the data.
+    ops = layer_ops_for(config.model, mesh)  # Builds the oneDNN kernels, if used, before the data.
     sharding.check_batch_divisible(config.batch_size, mesh, "config.batch_size")
     data = load_training_data(config.data) if data is None else data
     config = resolve_config(config, data)
@@ -116,9 +115,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     rngs = nnx.Rngs(config.seed)
     model = build_model(config.model.name, num_classes=data.num_classes, in_channels=config.data.channels,
                         width=config.model.width, blocks_per_stage=config.model.blocks_per_stage,
-                        head=config.model.head, rngs=rngs)
-    prepare = functools.partial(_prepare_module, conv_backend=conv_backend, batch_norm=config.model.batch_norm)
-    prepare(model)
+                        head=config.model.head, ops=ops, rngs=rngs)
     backbone, params, stats = NnxBridge.split(model)
     if config.model.init_checkpoint:
         params, stats, head_loaded = init_from_pretrained(config.model.init_checkpoint, params, stats,
@@ -132,7 +129,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     params, stats = {"backbone": params}, {"backbone": stats}
     # After the backbone, from the same Rngs: a method's modules are the same for the same seed.
     method = method_class(ModuleSetup(config=config, class_counts=np.asarray(data.class_counts),
-                                                backbone=model, rngs=rngs, prepare=prepare, steps_per_epoch=spe,
+                                                backbone=model, rngs=rngs, layer_ops=ops, steps_per_epoch=spe,
                                                 num_train_steps=num_train_steps))
     if method.bridge is not None:
         params[method.name], stats[method.name] = method.initial_params, method.initial_stats
@@ -141,15 +138,9 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
                        opt_state=optimizer.init(params))
     state = sharding.put_replicated(state, mesh)
-    experiment = Experiment(config=config, data=data, mesh=mesh, backbone=backbone, method=method,
+    experiment = Experiment(config=config, data=data, mesh=mesh, backbone=backbone, method=method, layer_ops=ops,
                             optimizer=optimizer, steps_per_epoch=spe, num_train_steps=num_train_steps)
     return experiment, state
-
-
-def _prepare_module(module: nnx.Module, *, conv_backend, batch_norm: str) -> None:
-    """The one construction hook: the run's convolution implementation and BatchNorm form, on any new module."""
-    use_conv_backend(module, conv_backend)
-    use_batch_norm_form(module, batch_norm)
 
 
 def split_record(data: LongTailedData) -> dict[str, Any]:

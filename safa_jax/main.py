@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from safa_jax.process_settings import apply_cpu_process_settings
+from safa_jax.cpu.process_settings import apply_cpu_process_settings
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits_lt.py"
 

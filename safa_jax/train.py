@@ -204,7 +204,8 @@ def _train_loop(experiment: Experiment, state: TrainState, checkpoints: checkpoi
     if is_main:
         provenance.record_start(workdir, start_step=step, device=jax.devices()[0].device_kind)
     out.line(f"{workdir}: {config.model.name}{experiment.method.label}, {len(data.train_labels)} training "
-             f"images in {data.num_classes} classes, {experiment.num_train_steps} steps"
+             f"images in {data.num_classes} classes, {experiment.num_train_steps} steps, "
+             f"{experiment.layer_ops.convolutions} convolutions"
              + (f"; resuming at step {step}" if step else ""))
     start_time = epoch_start = time.time()
     final = None

@@ -2,7 +2,7 @@
 
 import pathlib
 
-from safa_jax.process_settings import apply_cpu_process_settings  # noqa: I001
+from safa_jax.cpu.process_settings import apply_cpu_process_settings  # noqa: I001
 
 apply_cpu_process_settings()  # before JAX starts
 import jax

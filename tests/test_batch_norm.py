@@ -10,17 +10,16 @@ from flax import nnx
 from helpers import three_augmented_steps, tiny_config, tiny_data
 from safa_jax import sharding
 from safa_jax.experiment import build_experiment
-from safa_jax.models.batch_norm import BatchNorm, use_batch_norm_form
+from safa_jax.models.batch_norm import BatchNorm
 from safa_jax.state import NnxBridge
 
 ONE_DEVICE = sharding.make_mesh(jax.devices()[:1])
 
 
 def _layer(form: str, channels: int = 3) -> BatchNorm:
-    layer = BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    layer = BatchNorm(channels, momentum=0.9, epsilon=1e-5, form=form, rngs=nnx.Rngs(0))
     layer.scale[...] = jnp.asarray([1.5, -0.5, 2.0][:channels])
     layer.bias[...] = jnp.asarray([0.25, 1.0, -3.0][:channels])
-    use_batch_norm_form(layer, form)
     return layer
 
 
@@ -71,12 +70,11 @@ def test_train_steps_match_flax_form():
     def run(form):
         config = tiny_config(model__batch_norm=form, model__conv_backend="xla", method="safa",
                              safa__start_epoch=0)
-        losses, state, _ = three_augmented_steps(config, ONE_DEVICE)
-        return losses, state
+        return three_augmented_steps(config, ONE_DEVICE)
 
-    losses_flax, state_flax = run("flax")
-    losses_folded, state_folded = run("folded")
-    assert losses_folded != losses_flax  # two programs, not one run twice
+    losses_flax, state_flax, program_flax = run("flax")
+    losses_folded, state_folded, program_folded = run("folded")
+    assert program_folded != program_flax  # two programs, not one run twice
     np.testing.assert_allclose(losses_folded, losses_flax, rtol=1e-4)
     for got, expected in zip(jax.tree.leaves((state_folded.params, state_folded.batch_stats)),
                              jax.tree.leaves((state_flax.params, state_flax.batch_stats))):
@@ -90,7 +88,7 @@ def test_unknown_form_is_refused_before_data_loads():
 
 
 @pytest.mark.parametrize("form", ["flax", "folded"])
-def test_every_batch_norm_of_the_models_is_switched(form):
+def test_every_batch_norm_of_the_models_takes_the_configured_form(form):
     config = tiny_config(model__batch_norm=form, method="safa")
     experiment, state = build_experiment(config, data=tiny_data(), mesh=ONE_DEVICE)
     merged = [experiment.backbone.merge(state.params["backbone"], state.batch_stats["backbone"]),

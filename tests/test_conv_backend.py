@@ -7,11 +7,11 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from helpers import three_augmented_steps, tiny_config
+from helpers import three_augmented_steps, tiny_config, tiny_data
 from safa_jax import sharding
 from safa_jax.experiment import build_experiment
-from safa_jax.kernels import onednn_build, onednn_conv
-from safa_jax.models.conv_backend import resolve_conv_backend, use_conv_backend
+from safa_jax.cpu import onednn_build, onednn_conv
+from safa_jax.models.layer_ops import layer_ops, resolve_conv_backend
 
 BLOCKER = onednn_build.installed_blocker()
 needs_onednn = pytest.mark.skipif(BLOCKER is not None, reason=f"oneDNN convolutions cannot be built: {BLOCKER}")
@@ -167,15 +167,12 @@ def test_missing_wheel_is_named(monkeypatch):
 
 
 @needs_onednn
-def test_every_conv_of_a_module_is_switched():
-    class TwoConvs(nnx.Module):
-        def __init__(self):
-            self.a = nnx.Conv(3, 4, (3, 3), rngs=nnx.Rngs(0))
-            self.inner = nnx.List([nnx.Conv(4, 4, (1, 1), rngs=nnx.Rngs(1))])
-
-    module = TwoConvs()
-    use_conv_backend(module, "onednn")
-    assert module.a.conv_general_dilated is onednn_conv.conv_general_dilated
-    assert module.inner[0].conv_general_dilated is onednn_conv.conv_general_dilated
-    use_conv_backend(module, "xla")
-    assert module.inner[0].conv_general_dilated is lax.conv_general_dilated
+def test_every_conv_of_a_run_on_onednn_runs_on_onednn():
+    config = tiny_config(method="safa")
+    experiment, state = build_experiment(config, data=tiny_data(), mesh=ONE_DEVICE)
+    merged = [experiment.backbone.merge(state.params["backbone"], state.batch_stats["backbone"]),
+              experiment.method.bridge.merge(state.params["safa"], state.batch_stats["safa"])]
+    convs = {node.conv_general_dilated for module in merged for _, node in nnx.iter_graph(module)
+             if isinstance(node, nnx.Conv)}
+    assert convs == {onednn_conv.conv_general_dilated}
+    assert layer_ops("xla").conv_general_dilated is lax.conv_general_dilated

@@ -1,4 +1,4 @@
-"""safa_jax.host_memory: the CPU step's temporary buffers stop costing fresh pages on every execution."""
+"""safa_jax.cpu.host_memory: the CPU step's temporary buffers stop costing fresh pages on every execution."""
 
 import os
 import pathlib
@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # (32 MB): without the settings every call maps and unmaps it, touching about 10,000 fresh pages.
 PROBE = """
 import resource
-from safa_jax.process_settings import apply_cpu_process_settings
+from safa_jax.cpu.process_settings import apply_cpu_process_settings
 apply_cpu_process_settings()
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.cumsum(jnp.cumsum(x)[::-1]).sum())
@@ -52,7 +52,7 @@ def test_importing_the_package_changes_no_process_setting():
 
 
 def test_the_settings_follow_the_platform():
-    from safa_jax.process_settings import platform_will_be_cpu
+    from safa_jax.cpu.process_settings import platform_will_be_cpu
     assert platform_will_be_cpu({"JAX_PLATFORMS": "cpu"})
     assert not platform_will_be_cpu({"JAX_PLATFORMS": "cuda,cpu"})
     assert not platform_will_be_cpu({"JAX_PLATFORMS": "tpu"})

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from safa_jax.kernels import onednn_build, onednn_conv
-from safa_jax.kernels.keep_in_memory import keep_in_memory, unchanged
-from safa_jax.models.conv_backend import use_conv_backend
+from safa_jax.cpu import onednn_build, onednn_conv
+from safa_jax.cpu.keep_in_memory import keep_in_memory
+from safa_jax.models.layer_ops import LayerOps, layer_ops, unchanged
 from safa_jax.models.resnet_cifar import ResNetCifar
 
 BLOCKER = onednn_build.installed_blocker()
@@ -30,10 +30,8 @@ def test_returns_its_argument_and_passes_gradients_through():
 
 def _compiled_gradient(keep_block_outputs):
     """(compiled text, gradients) of a 4-blocks-per-stage ResNet's loss on the oneDNN backend."""
-    model = ResNetCifar(10, width=4, blocks_per_stage=4, rngs=nnx.Rngs(0))
-    use_conv_backend(model, "onednn")
-    assert model.keep_block_outputs is keep_in_memory
-    model.keep_block_outputs = keep_block_outputs
+    ops = LayerOps(conv_general_dilated=onednn_conv.conv_general_dilated, keep_block_outputs=keep_block_outputs)
+    model = ResNetCifar(10, width=4, blocks_per_stage=4, ops=ops, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
 
     def loss(state, x):
@@ -64,8 +62,8 @@ def test_backbone_keeps_block_outputs_so_no_fusion_recomputes_earlier_blocks():
         np.testing.assert_allclose(kept, recomputed, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(recomputed))))
 
 
-def test_xla_backend_leaves_block_outputs_unchanged():
-    model = ResNetCifar(10, width=4, blocks_per_stage=1, rngs=nnx.Rngs(0))
-    use_conv_backend(model, "onednn")
-    use_conv_backend(model, "xla")
-    assert model.keep_block_outputs is unchanged
+def test_the_onednn_layers_keep_block_outputs_and_the_xla_layers_do_not():
+    assert layer_ops("onednn").keep_block_outputs is keep_in_memory
+    assert layer_ops("xla").keep_block_outputs is unchanged
+    model = ResNetCifar(10, width=4, blocks_per_stage=1, ops=layer_ops("onednn"), rngs=nnx.Rngs(0))
+    assert model.keep_block_outputs is keep_in_memory

@@ -8,6 +8,7 @@ from flax import nnx
 
 from safa_jax.models import HEADS, MODEL_NAMES, build_model
 from safa_jax.models.heads import NormedLinear, resolve_head, tau_normalized_linear
+from safa_jax.models.layer_ops import XLA_LAYERS
 from safa_jax.models.resnet_cifar import BasicBlock, ResNetCifar, option_a_shortcut
 
 
@@ -99,7 +100,7 @@ def test_option_a_shortcut_against_hand_built_expectation():
 
 
 def test_downsampling_block_with_zero_residual_is_relu_of_option_a_shortcut():
-    block = BasicBlock(2, 4, stride=2, rngs=nnx.Rngs(0))
+    block = BasicBlock(2, 4, stride=2, ops=XLA_LAYERS, rngs=nnx.Rngs(0))
     block.conv2.kernel[...] = jnp.zeros_like(block.conv2.kernel[...])
     x = jax.random.normal(jax.random.key(1), (2, 6, 6, 2))
     # In eval mode a fresh BN maps 0 to 0, so only the shortcut reaches the final ReLU.
@@ -107,7 +108,7 @@ def test_downsampling_block_with_zero_residual_is_relu_of_option_a_shortcut():
 
 
 def test_identity_block_with_zero_residual_is_relu_of_input():
-    block = BasicBlock(4, 4, stride=1, rngs=nnx.Rngs(0))
+    block = BasicBlock(4, 4, stride=1, ops=XLA_LAYERS, rngs=nnx.Rngs(0))
     block.conv2.kernel[...] = jnp.zeros_like(block.conv2.kernel[...])
     x = jax.random.normal(jax.random.key(1), (2, 5, 5, 4))
     np.testing.assert_allclose(block(x, train=False), jax.nn.relu(x))
@@ -116,7 +117,7 @@ def test_identity_block_with_zero_residual_is_relu_of_input():
 def test_strided_conv_pads_one_pixel_on_each_side_like_pytorch():
     # PyTorch padding=1, stride 2: output pixel i sees input rows 2i-1..2i+1, so an impulse at
     # (1, 1) reaches outputs (0..1, 0..1). "SAME" padding (0, 1) would reach only (0, 0).
-    block = BasicBlock(2, 4, stride=2, rngs=nnx.Rngs(0))
+    block = BasicBlock(2, 4, stride=2, ops=XLA_LAYERS, rngs=nnx.Rngs(0))
     block.conv1.kernel[...] = jnp.ones_like(block.conv1.kernel[...])
     impulse = jnp.zeros((1, 4, 4, 2)).at[0, 1, 1, 0].set(1.0)
     out = block.conv1(impulse)

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from safa_jax.models import MODEL_NAMES, build_model
+from safa_jax.models.layer_ops import XLA_LAYERS
 from safa_jax.models.resnet import RESNET50_LAYERS, Bottleneck, ResNet, resnet50, torchvision_head
 
 
@@ -116,7 +117,7 @@ def test_lower_then_upper_equals_full_forward_at_every_stage(train):
 def test_initialisation_matches_torchvision():
     # Convs: kaiming_normal_(mode="fan_out"): std sqrt(2 / (3 * 3 * 512)) for the 3x3 conv and
     # sqrt(2 / 2048) for the 1x1 expansion conv 512 -> 2048 (fan_in's would be sqrt(2 / 512)).
-    block = Bottleneck(2048, 512, 1, rngs=nnx.Rngs(0))
+    block = Bottleneck(2048, 512, 1, ops=XLA_LAYERS, rngs=nnx.Rngs(0))
     assert block.conv2.kernel.shape == (3, 3, 512, 512)
     assert np.asarray(block.conv2.kernel[...]).std() == pytest.approx(np.sqrt(2.0 / (9 * 512)), rel=0.02)
     assert np.asarray(block.conv3.kernel[...]).std() == pytest.approx(np.sqrt(2.0 / 2048), rel=0.02)

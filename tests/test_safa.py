@@ -12,6 +12,7 @@ from configs.common import get_config
 from safa_jax import sharding
 from safa_jax.losses import safa as safa_losses
 from safa_jax.models import layers, safa
+from safa_jax.models.layer_ops import XLA_LAYERS
 
 CHANNELS = 4
 SIZE = 4
@@ -109,7 +110,7 @@ def test_kernel_size_one_gives_1x1_modules_with_unchanged_outputs_shapes():
 
 
 def test_batch_norm_statistics_come_from_valid_entries_only():
-    block = safa.ConvBNReLU(2, 3, rngs=nnx.Rngs(0))
+    block = safa.ConvBNReLU(2, 3, ops=XLA_LAYERS, rngs=nnx.Rngs(0))
     reference = nnx.clone(block)
     x = jax.random.normal(jax.random.key(0), (6, 4, 4, 2))
     valid = jnp.array([True, False, True, True, False, False])
@@ -121,7 +122,7 @@ def test_batch_norm_statistics_come_from_valid_entries_only():
 
 
 def test_batch_norm_with_no_valid_entry_uses_all_entries_and_stays_finite():
-    block = safa.ConvBNReLU(2, 3, rngs=nnx.Rngs(0))
+    block = safa.ConvBNReLU(2, 3, ops=XLA_LAYERS, rngs=nnx.Rngs(0))
     reference = nnx.clone(block)
     x = jax.random.normal(jax.random.key(0), (4, 4, 4, 2))
     empty_mask = block(x, train=True, mask=jnp.zeros(4, dtype=bool))
@@ -257,7 +258,7 @@ class TinyNet(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.lower = nnx.Conv(3, CHANNELS, kernel_size=(3, 3), padding="SAME", rngs=rngs)
         self.safa = safa.SafaModules(CHANNELS, q_width=-1, rngs=rngs)
-        self.upper_norm = layers.batch_norm(CHANNELS, rngs=rngs)
+        self.upper_norm = layers.batch_norm(CHANNELS, ops=XLA_LAYERS, rngs=rngs)
         self.classifier = nnx.Linear(CHANNELS, len(CLASS_COUNTS), rngs=rngs)
 
     def upper(self, features: jax.Array, *, with_batch_norm: bool = True,

@@ -8,7 +8,7 @@ one module here plus one entry in `safa_jax.methods.METHODS` plus its config sec
 """
 
 import dataclasses
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 import jax
@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from safa_jax.models.layer_ops import LayerOps
 from safa_jax.state import NnxBridge
 
 PyTree = Any
@@ -49,7 +50,7 @@ class ModuleSetup:
     class_counts: np.ndarray
     backbone: nnx.Module  # the constructed backbone, for its feature shapes
     rngs: nnx.Rngs  # the backbone's, continued: the same seed gives the same modules
-    prepare: Callable[[nnx.Module], None]  # gives a new module the run's convolution and BatchNorm form
+    layer_ops: LayerOps  # how the run's layers compute: a method builds its modules with it
     steps_per_epoch: int
     num_train_steps: int
 

@@ -33,8 +33,7 @@ class RsgMethod(Method):
         self.is_head_class = head_classes_by_count(setup.class_counts, config.rsg.head_ratio)
         channels = setup.backbone.feature_shape(config.rsg.stage, config.data.image_size)[-1]
         modules = RsgModules(channels, len(setup.class_counts), n_center=config.rsg.n_center,
-                             contrastive_width=config.rsg.contrastive_width, rngs=setup.rngs)
-        setup.prepare(modules)
+                             contrastive_width=config.rsg.contrastive_width, ops=setup.layer_ops, rngs=setup.rngs)
         self.bridge, self.initial_params, self.initial_stats = NnxBridge.split(modules)
 
     @staticmethod

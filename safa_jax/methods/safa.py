@@ -42,8 +42,7 @@ class SafaMethod(Method):
             config.safa.q_width = channels
         modules = SafaModules(channels, q_width=config.safa.q_width, kernel_size=config.safa.kernel_size,
                               delta_channels=config.safa.delta_channels, delta_encoder_only=self.delta_encoder,
-                              rngs=setup.rngs)
-        setup.prepare(modules)
+                              ops=setup.layer_ops, rngs=setup.rngs)
         self.bridge, self.initial_params, self.initial_stats = NnxBridge.split(modules)
         start_step = config.safa.start_epoch * setup.steps_per_epoch
         if setup.num_train_steps <= start_step:

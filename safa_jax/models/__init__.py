@@ -8,6 +8,7 @@ from collections.abc import Callable
 from flax import nnx
 
 from safa_jax.models.heads import HEADS, NormedLinear
+from safa_jax.models.layer_ops import XLA_LAYERS, LayerOps
 from safa_jax.models.resnet import ResNet, resnet50, resnet152, resnext50_32x4d
 from safa_jax.models.resnet_cifar import ResNetCifar
 
@@ -36,9 +37,10 @@ def build_model(
     width: int,
     blocks_per_stage: int,
     head: str,
+    ops: LayerOps = XLA_LAYERS,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """The backbone `name` (one of MODEL_NAMES); the model itself validates the other arguments."""
+    """The backbone `name` (one of MODEL_NAMES), computing with `ops`; the model validates the other arguments."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_NAMES)}")
     return _BUILDERS[name](
@@ -47,5 +49,6 @@ def build_model(
         width=width,
         blocks_per_stage=blocks_per_stage,
         head=head,
+        ops=ops,
         rngs=rngs,
     )

@@ -2,7 +2,8 @@
 
 Flax's BatchNorm momentum 0.9 is PyTorch's momentum 0.1 (Flax weights the old running value); epsilon is
 PyTorch's 1e-5; scale 1 and bias 0 are PyTorch's init. Convolutions carry no bias (a BatchNorm follows) and
-take explicit paddings, as PyTorch pads.
+take explicit paddings, as PyTorch pads. Every constructor takes the model's `LayerOps` (how its layers compute,
+safa_jax/models/layer_ops.py).
 """
 
 from collections.abc import Callable
@@ -12,16 +13,24 @@ import jax.numpy as jnp
 from flax import nnx
 
 from safa_jax.models.batch_norm import BatchNorm
+from safa_jax.models.layer_ops import LayerOps
 
 
-def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> BatchNorm:
-    return BatchNorm(num_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+def batch_norm(num_features: int, *, ops: LayerOps, rngs: nnx.Rngs) -> BatchNorm:
+    return BatchNorm(num_features, momentum=0.9, epsilon=1e-5, form=ops.batch_norm_form, rngs=rngs)
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int, *, ops: LayerOps, rngs: nnx.Rngs,
+         **conv_args) -> nnx.Conv:
+    """`nnx.Conv` with a square kernel, computing with `ops`' convolution; `conv_args` are nnx.Conv's others."""
+    return nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size),
+                    conv_general_dilated=ops.conv_general_dilated, rngs=rngs, **conv_args)
 
 
 def conv_no_bias(in_channels: int, out_channels: int, kernel: int, stride: int, padding, *,
-                 kernel_init: Callable, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(in_channels, out_channels, kernel_size=(kernel, kernel), strides=stride, padding=padding,
-                    use_bias=False, kernel_init=kernel_init, rngs=rngs)
+                 kernel_init: Callable, ops: LayerOps, groups: int = 1, rngs: nnx.Rngs) -> nnx.Conv:
+    return conv(in_channels, out_channels, kernel, strides=stride, padding=padding, feature_group_count=groups,
+                use_bias=False, kernel_init=kernel_init, ops=ops, rngs=rngs)
 
 
 def batch_norm_mask(valid: jax.Array | None, ndim: int) -> jax.Array | None:

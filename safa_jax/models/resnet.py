@@ -17,6 +17,7 @@ import jax
 from flax import nnx
 
 from safa_jax.models.heads import build_head, torch_linear_bias_init
+from safa_jax.models.layer_ops import XLA_LAYERS, LayerOps
 from safa_jax.models.layers import batch_norm, batch_norm_mask, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
@@ -35,16 +36,13 @@ _PAD_ONE = ((1, 1), (1, 1))
 _NO_PAD = ((0, 0), (0, 0))
 
 
-def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, *, groups: int = 1,
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, *, groups: int = 1, ops: LayerOps,
           rngs: nnx.Rngs) -> nnx.Conv:
+    # A grouped conv's fan-out init counts one group's inputs, as torchvision's: PyTorch's fan-out of a grouped
+    # weight (out, in / groups, k, k) is out * k * k, the same as Flax's for HWIO (k, k, in / groups, out).
     padding = {1: _NO_PAD, 3: _PAD_ONE, 7: _STEM_PAD}[kernel]
-    if groups == 1:
-        return conv_no_bias(in_channels, out_channels, kernel, stride, padding, kernel_init=KAIMING_NORMAL_FAN_OUT,
-                            rngs=rngs)
-    # torchvision's grouped conv; its fan-out init counts one group's inputs (PyTorch's fan of a grouped
-    # weight (out, in / groups, k, k) is out * k * k for fan-out, the same as Flax's HWIO (k, k, in / groups, out)).
-    return nnx.Conv(in_channels, out_channels, kernel_size=(kernel, kernel), strides=stride, padding=padding,
-                    feature_group_count=groups, use_bias=False, kernel_init=KAIMING_NORMAL_FAN_OUT, rngs=rngs)
+    return conv_no_bias(in_channels, out_channels, kernel, stride, padding, kernel_init=KAIMING_NORMAL_FAN_OUT,
+                        groups=groups, ops=ops, rngs=rngs)
 
 
 class Bottleneck(nnx.Module):
@@ -57,18 +55,18 @@ class Bottleneck(nnx.Module):
     """
 
     def __init__(self, in_channels: int, planes: int, stride: int, *, groups: int = 1, base_width: int = 64,
-                 rngs: nnx.Rngs):
+                 ops: LayerOps, rngs: nnx.Rngs):
         out_channels = planes * BOTTLENECK_EXPANSION
         inner = int(planes * base_width / 64) * groups  # torchvision's `width`: planes for ResNet, 2 planes for 32x4d
-        self.conv1 = _conv(in_channels, inner, 1, 1, rngs=rngs)
-        self.bn1 = batch_norm(inner, rngs=rngs)
-        self.conv2 = _conv(inner, inner, 3, stride, groups=groups, rngs=rngs)
-        self.bn2 = batch_norm(inner, rngs=rngs)
-        self.conv3 = _conv(inner, out_channels, 1, 1, rngs=rngs)
-        self.bn3 = batch_norm(out_channels, rngs=rngs)
+        self.conv1 = _conv(in_channels, inner, 1, 1, ops=ops, rngs=rngs)
+        self.bn1 = batch_norm(inner, ops=ops, rngs=rngs)
+        self.conv2 = _conv(inner, inner, 3, stride, groups=groups, ops=ops, rngs=rngs)
+        self.bn2 = batch_norm(inner, ops=ops, rngs=rngs)
+        self.conv3 = _conv(inner, out_channels, 1, 1, ops=ops, rngs=rngs)
+        self.bn3 = batch_norm(out_channels, ops=ops, rngs=rngs)
         changes_shape = stride != 1 or in_channels != out_channels
         self.downsample = (
-            nnx.List([_conv(in_channels, out_channels, 1, stride, rngs=rngs), batch_norm(out_channels, rngs=rngs)])
+            nnx.List([_conv(in_channels, out_channels, 1, stride, ops=ops, rngs=rngs), batch_norm(out_channels, ops=ops, rngs=rngs)])
             if changes_shape
             else None
         )
@@ -118,6 +116,7 @@ class ResNet(SplitBackbone):
         head: str = "linear",
         groups: int = 1,
         base_width: int = 64,
+        ops: LayerOps = XLA_LAYERS,
         rngs: nnx.Rngs,
     ):
         self._check_common_arguments(num_classes, in_channels, head)
@@ -129,14 +128,15 @@ class ResNet(SplitBackbone):
         if len(layers) != self.num_stages or min(layers) < 1:
             raise ValueError(f"layers must be {self.num_stages} block counts of at least 1, got {layers!r}")
         self.width = width
-        self.stem_conv = _conv(in_channels, width, 7, 2, rngs=rngs)
-        self.stem_bn = batch_norm(width, rngs=rngs)
+        self.keep_block_outputs = ops.keep_block_outputs
+        self.stem_conv = _conv(in_channels, width, 7, 2, ops=ops, rngs=rngs)
+        self.stem_bn = batch_norm(width, ops=ops, rngs=rngs)
         stages = []
         block_in = width
         for stage, num_blocks in enumerate(layers, start=1):
             planes = width * 2 ** (stage - 1)
             first_stride = 1 if stage == 1 else 2
-            shape = dict(groups=groups, base_width=base_width, rngs=rngs)
+            shape = dict(groups=groups, base_width=base_width, ops=ops, rngs=rngs)
             blocks = [Bottleneck(block_in, planes, first_stride, **shape)]
             block_in = planes * BOTTLENECK_EXPANSION
             blocks += [Bottleneck(block_in, planes, 1, **shape) for _ in range(num_blocks - 1)]
@@ -172,10 +172,10 @@ class ResNet(SplitBackbone):
 
 def _torchvision_resnet(num_classes: int, layers: tuple[int, ...], *, in_channels: int = 3, width: int = 64,
                        blocks_per_stage: int | None = None, head: str = "linear", groups: int = 1,
-                       base_width: int = 64, rngs: nnx.Rngs) -> ResNet:
+                       base_width: int = 64, ops: LayerOps = XLA_LAYERS, rngs: nnx.Rngs) -> ResNet:
     del blocks_per_stage  # The registry's argument for the CIFAR family; here the depth is in the name.
     return ResNet(num_classes, layers=layers, in_channels=in_channels, width=width, head=head, groups=groups,
-                  base_width=base_width, rngs=rngs)
+                  base_width=base_width, ops=ops, rngs=rngs)
 
 
 def resnet50(num_classes: int, **kwargs) -> ResNet:

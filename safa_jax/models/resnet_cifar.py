@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from safa_jax.models.heads import KAIMING_NORMAL, build_head
+from safa_jax.models.layer_ops import XLA_LAYERS, LayerOps
 from safa_jax.models.layers import batch_norm, batch_norm_mask, conv_no_bias
 from safa_jax.models.split_backbone import SplitBackbone
 
@@ -27,8 +28,9 @@ from safa_jax.models.split_backbone import SplitBackbone
 _PAD_ONE = ((1, 1), (1, 1))
 
 
-def _conv3x3(in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Conv:
-    return conv_no_bias(in_channels, out_channels, 3, stride, _PAD_ONE, kernel_init=KAIMING_NORMAL, rngs=rngs)
+def _conv3x3(in_channels: int, out_channels: int, stride: int, *, ops: LayerOps, rngs: nnx.Rngs) -> nnx.Conv:
+    return conv_no_bias(in_channels, out_channels, 3, stride, _PAD_ONE, kernel_init=KAIMING_NORMAL, ops=ops,
+                        rngs=rngs)
 
 
 def option_a_shortcut(x: jax.Array, planes: int) -> jax.Array:
@@ -44,11 +46,11 @@ def option_a_shortcut(x: jax.Array, planes: int) -> jax.Array:
 class BasicBlock(nnx.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv1 = _conv3x3(in_planes, planes, stride, rngs=rngs)
-        self.bn1 = batch_norm(planes, rngs=rngs)
-        self.conv2 = _conv3x3(planes, planes, 1, rngs=rngs)
-        self.bn2 = batch_norm(planes, rngs=rngs)
+    def __init__(self, in_planes: int, planes: int, stride: int, *, ops: LayerOps, rngs: nnx.Rngs):
+        self.conv1 = _conv3x3(in_planes, planes, stride, ops=ops, rngs=rngs)
+        self.bn1 = batch_norm(planes, ops=ops, rngs=rngs)
+        self.conv2 = _conv3x3(planes, planes, 1, ops=ops, rngs=rngs)
+        self.bn2 = batch_norm(planes, ops=ops, rngs=rngs)
         self.planes = planes
         self.changes_shape = stride != 1 or in_planes != planes
 
@@ -79,6 +81,7 @@ class ResNetCifar(SplitBackbone):
         width: int = 16,
         blocks_per_stage: int = 5,
         head: str = "linear",
+        ops: LayerOps = XLA_LAYERS,
         rngs: nnx.Rngs,
     ):
         self._check_common_arguments(num_classes, in_channels, head)
@@ -90,15 +93,16 @@ class ResNetCifar(SplitBackbone):
         if blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be at least 1, got {blocks_per_stage}")
         self.width = width
-        self.stem_conv = _conv3x3(in_channels, width, 1, rngs=rngs)
-        self.stem_bn = batch_norm(width, rngs=rngs)
+        self.keep_block_outputs = ops.keep_block_outputs
+        self.stem_conv = _conv3x3(in_channels, width, 1, ops=ops, rngs=rngs)
+        self.stem_bn = batch_norm(width, ops=ops, rngs=rngs)
         stages = []
         in_planes = width
         for stage in range(1, self.num_stages + 1):
             planes = self.stage_channels(stage)
             first_stride = 1 if stage == 1 else 2
-            blocks = [BasicBlock(in_planes, planes, first_stride, rngs=rngs)]
-            blocks += [BasicBlock(planes, planes, 1, rngs=rngs) for _ in range(blocks_per_stage - 1)]
+            blocks = [BasicBlock(in_planes, planes, first_stride, ops=ops, rngs=rngs)]
+            blocks += [BasicBlock(planes, planes, 1, ops=ops, rngs=rngs) for _ in range(blocks_per_stage - 1)]
             stages.append(nnx.List(blocks))
             in_planes = planes
         self.stages = nnx.List(stages)

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from safa_jax.models import layers
 from safa_jax.models.heads import KAIMING_NORMAL
+from safa_jax.models.layer_ops import XLA_LAYERS, LayerOps
 
 
 class RsgModules(nnx.Module):
@@ -36,18 +38,17 @@ class RsgModules(nnx.Module):
     with zero biases; the contrastive classifier's weight N(0, 1), bias 0.
     """
 
-    def __init__(self, channels: int, num_classes: int, *, n_center: int, contrastive_width: int, rngs: nnx.Rngs):
+    def __init__(self, channels: int, num_classes: int, *, n_center: int, contrastive_width: int,
+                 ops: LayerOps = XLA_LAYERS, rngs: nnx.Rngs):
         self.assign_weight = nnx.Param(jax.random.normal(rngs.params(), (num_classes, channels, n_center)))
         self.assign_bias = nnx.Param(jnp.ones((num_classes, n_center)))
         self.centers = nnx.Param(jnp.zeros((num_classes, n_center, channels)))
         zeros = nnx.initializers.zeros_init()
-        self.transform = nnx.Conv(channels, channels, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                                  kernel_init=KAIMING_NORMAL, bias_init=zeros, rngs=rngs)
-        self.contrastive_in = nnx.Conv(2 * channels, contrastive_width, kernel_size=(1, 1), padding="VALID",
-                                       kernel_init=KAIMING_NORMAL, bias_init=zeros, rngs=rngs)
-        self.contrastive_mid = nnx.Conv(contrastive_width, contrastive_width, kernel_size=(3, 3),
-                                        padding=((1, 1), (1, 1)), kernel_init=KAIMING_NORMAL, bias_init=zeros,
-                                        rngs=rngs)
+        conv_init = dict(kernel_init=KAIMING_NORMAL, bias_init=zeros, ops=ops, rngs=rngs)
+        self.transform = layers.conv(channels, channels, 3, padding=((1, 1), (1, 1)), **conv_init)
+        self.contrastive_in = layers.conv(2 * channels, contrastive_width, 1, padding="VALID", **conv_init)
+        self.contrastive_mid = layers.conv(contrastive_width, contrastive_width, 3, padding=((1, 1), (1, 1)),
+                                           **conv_init)
         self.contrastive_fc = nnx.Linear(contrastive_width, 2, kernel_init=nnx.initializers.normal(1.0),
                                          bias_init=zeros, rngs=rngs)
 

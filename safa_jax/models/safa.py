@@ -19,6 +19,7 @@ from flax import nnx
 
 from safa_jax.losses import safa as safa_losses
 from safa_jax.models import layers, safa_pairing
+from safa_jax.models.layer_ops import XLA_LAYERS, LayerOps
 
 KAIMING_NORMAL = nnx.initializers.kaiming_normal()
 SAFA_KERNEL_SIZES = (3, 1)  # config.safa.kernel_size: 3x3 (the (R) default) or 1x1.
@@ -31,10 +32,11 @@ class ConvBNReLU(nnx.Module):
     The kernel size is not public: 3x3 is our reconstruction's default, 1x1 the cheap option (R).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(in_channels, out_channels, kernel_size=(kernel_size, kernel_size), padding="SAME",
-                             use_bias=False, kernel_init=KAIMING_NORMAL, rngs=rngs)
-        self.norm = layers.batch_norm(out_channels, rngs=rngs)  # PyTorch's BatchNorm2d settings, as the backbones'
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int = 3, ops: LayerOps,
+                 rngs: nnx.Rngs):
+        self.conv = layers.conv(in_channels, out_channels, kernel_size, padding="SAME", use_bias=False,
+                                kernel_init=KAIMING_NORMAL, ops=ops, rngs=rngs)
+        self.norm = layers.batch_norm(out_channels, ops=ops, rngs=rngs)  # PyTorch's BatchNorm2d settings, as the backbones'
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         """`mask` (N,) bool: in training, BatchNorm takes its statistics over these entries only."""
@@ -48,8 +50,8 @@ class ContrastiveModule(nnx.Module):
     Logit 0 means "different class", logit 1 "same class".
     """
 
-    def __init__(self, channels: int, width: int, *, kernel_size: int = 3, rngs: nnx.Rngs):
-        self.block = ConvBNReLU(2 * channels, width, kernel_size=kernel_size, rngs=rngs)
+    def __init__(self, channels: int, width: int, *, kernel_size: int = 3, ops: LayerOps, rngs: nnx.Rngs):
+        self.block = ConvBNReLU(2 * channels, width, kernel_size=kernel_size, ops=ops, rngs=rngs)
         self.classifier = nnx.Linear(width, 2, rngs=rngs)
 
     def __call__(self, first: jax.Array, second: jax.Array, *, train: bool,
@@ -65,9 +67,10 @@ class BottleneckDelta(nnx.Module):
     a narrow delta cannot carry the whole target feature (`config.safa.delta_channels`, (R)).
     """
 
-    def __init__(self, in_channels: int, width: int, out_channels: int, *, kernel_size: int, rngs: nnx.Rngs):
-        self.reduce = ConvBNReLU(in_channels, width, kernel_size=kernel_size, rngs=rngs)
-        self.expand = ConvBNReLU(width, out_channels, kernel_size=1, rngs=rngs)
+    def __init__(self, in_channels: int, width: int, out_channels: int, *, kernel_size: int, ops: LayerOps,
+                 rngs: nnx.Rngs):
+        self.reduce = ConvBNReLU(in_channels, width, kernel_size=kernel_size, ops=ops, rngs=rngs)
+        self.expand = ConvBNReLU(width, out_channels, kernel_size=1, ops=ops, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> jax.Array:
         return self.expand(self.reduce(x, train=train, mask=mask), train=train, mask=mask)
@@ -83,7 +86,7 @@ class SafaModules(nnx.Module):
     """
 
     def __init__(self, channels: int, *, q_width: int, kernel_size: int = 3, delta_channels: int = -1,
-                 delta_encoder_only: bool = False, rngs: nnx.Rngs):
+                 delta_encoder_only: bool = False, ops: LayerOps = XLA_LAYERS, rngs: nnx.Rngs):
         if channels < 1:
             raise ValueError(f"channels={channels} must be a positive channel count.")
         if q_width == -1:
@@ -93,18 +96,18 @@ class SafaModules(nnx.Module):
         if kernel_size not in SAFA_KERNEL_SIZES:
             raise ValueError(f"kernel_size={kernel_size!r}; allowed: {', '.join(map(str, SAFA_KERNEL_SIZES))}.")
         if delta_channels == -1:
-            make_delta = lambda: ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)  # noqa: E731
+            make_delta = lambda: ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, ops=ops, rngs=rngs)  # noqa: E731
         elif 1 <= delta_channels:
             make_delta = lambda: BottleneckDelta(2 * channels, delta_channels, channels,  # noqa: E731
-                                                 kernel_size=kernel_size, rngs=rngs)
+                                                 kernel_size=kernel_size, ops=ops, rngs=rngs)
         else:
             raise ValueError(f"delta_channels={delta_channels}: use a positive width, or -1 for full width.")
         self.delta_extractor = make_delta()
         # The Delta-encoder (Schwartz et al.) is E and G alone: no sample-specific D, no contrastive Q.
         self.delta_generator = None if delta_encoder_only else make_delta()
-        self.feature_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, rngs=rngs)
+        self.feature_generator = ConvBNReLU(2 * channels, channels, kernel_size=kernel_size, ops=ops, rngs=rngs)
         self.contrastive = (None if delta_encoder_only
-                            else ContrastiveModule(channels, q_width, kernel_size=kernel_size, rngs=rngs))
+                            else ContrastiveModule(channels, q_width, kernel_size=kernel_size, ops=ops, rngs=rngs))
 
     def extract_delta(self, source: jax.Array, target: jax.Array, *, train: bool,
                       mask: jax.Array | None = None) -> jax.Array:

@@ -4,16 +4,16 @@ SAFA augments the feature map inside the network, so a backbone exposes its forw
 `lower(x, s)` runs the stem and stages 1..s, `upper(F, s)` runs stages s+1..num_stages and the global
 average pooling, `classify` applies the head; `model(x)` is `classify(upper(lower(x, n), n))`.
 A subclass sets `num_stages`, `stages` (a list of block lists) and `head`, and defines `stem`.
-The stem's and every block's output pass through `keep_block_outputs`: unchanged, or with the oneDNN
-convolutions `keep_in_memory` (set by `conv_backend.use_conv_backend`), which stops XLA's CPU fusion from
-recomputing earlier blocks inside later ones.
+The stem's and every block's output pass through `keep_block_outputs`, which a subclass takes from its
+`LayerOps` at construction (safa_jax/models/layer_ops.py): unchanged, or with the oneDNN convolutions a no-op
+custom call that stops XLA's CPU fusion from recomputing earlier blocks inside later ones.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from safa_jax.kernels.keep_in_memory import unchanged
+from safa_jax.models.layer_ops import unchanged
 from safa_jax.models.heads import HEADS
 
 
@@ -21,7 +21,7 @@ class SplitBackbone(nnx.Module):
     """Base class of the backbones: the stage loop and the split around a SAFA placement."""
 
     num_stages: int
-    keep_block_outputs = staticmethod(unchanged)  # or keep_in_memory: see the module docstring
+    keep_block_outputs = staticmethod(unchanged)  # a subclass sets its LayerOps' own: see the module docstring
 
     def stem(self, x: jax.Array, *, train: bool) -> jax.Array:
         """The layers before stage 1."""

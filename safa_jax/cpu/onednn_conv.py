@@ -20,15 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from safa_jax.kernels.onednn_build import OnednnUnavailable, build_library
+from safa_jax.cpu.onednn_build import OnednnUnavailable, build_library
 
-__all__ = ["OnednnUnavailable", "conv_general_dilated", "conv_nhwc", "ensure_available"]
+__all__ = ["OnednnUnavailable", "conv_general_dilated", "conv_nhwc", "ensure_available", "unavailable_reason"]
 
 _TARGETS = {  # FFI target name -> exported handler symbol in onednn_conv.cc
     "safa_onednn_conv_forward": "SafaOnednnConvForward",
     "safa_onednn_conv_backward_data": "SafaOnednnConvBackwardData",
     "safa_onednn_conv_backward_weights": "SafaOnednnConvBackwardWeights",
-    "safa_keep_in_memory": "SafaKeepInMemory",  # built into the same library: safa_jax/kernels/keep_in_memory.py
+    "safa_keep_in_memory": "SafaKeepInMemory",  # built into the same library: safa_jax/cpu/keep_in_memory.py
 }
 _NHWC_SPECS = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
 
@@ -46,6 +46,15 @@ def ensure_available() -> None:
             for target, symbol in _TARGETS.items():
                 jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handlers, symbol)), platform="cpu")
             _registered = True
+
+
+def unavailable_reason() -> str | None:
+    """Why the handlers cannot be built and registered here, or None once they are."""
+    try:
+        ensure_available()
+    except OnednnUnavailable as error:
+        return str(error)
+    return None
 
 
 def _attributes(strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> dict[str, np.ndarray]:

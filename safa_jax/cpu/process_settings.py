@@ -20,7 +20,7 @@ import importlib.util
 import os
 import sys
 
-from safa_jax import host_memory, xla_flags
+from safa_jax.cpu import host_memory, xla_flags
 
 GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
 

@@ -3,7 +3,7 @@
 The source is compiled with the machine's C++ compiler against the headers of the pinned
 `onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers, linked to the `onednn-cpu-gomp` wheel's libdnnl, and
 cached under `$SAFA_JAX_CACHE_DIR` (default `~/.cache/safa_jax`), keyed by the source, jaxlib and oneDNN
-versions. `safa_jax.xla_flags` asks `installed_blocker` (before JAX starts) which XLA flags suit the step.
+versions. `safa_jax.cpu.xla_flags` asks `installed_blocker` (before JAX starts) which XLA flags suit the step.
 """
 
 import hashlib
@@ -66,7 +66,7 @@ def installed_blocker() -> str | None:
 
 def build_library() -> pathlib.Path:
     """Path of the compiled handlers, compiling them first if this source/jaxlib/oneDNN has no cached build."""
-    import jax  # Here, not at module level: safa_jax.xla_flags imports this module before JAX starts.
+    import jax  # Here, not at module level: safa_jax.cpu.xla_flags imports this module before JAX starts.
 
     include_dir, library, compiler = _inputs()
     source = SOURCE.read_bytes()

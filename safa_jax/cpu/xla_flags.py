@@ -19,7 +19,7 @@ Set SAFA_JAX_KEEP_XLA_FLAGS=1 to opt out.
 import importlib.metadata
 import os
 
-from safa_jax.kernels.onednn_build import installed_blocker
+from safa_jax.cpu.onednn_build import installed_blocker
 
 YNN_FLAG_XLA_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce"
 YNN_FLAG_ONEDNN_CONVOLUTIONS = "--xla_cpu_experimental_ynn_fusion_type=reduce"

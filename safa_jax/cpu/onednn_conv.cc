@@ -12,7 +12,7 @@
 // the forward convolutions ran 1.3x and the weight reorders 10x slower than alone (docs/benchmarks.md).
 //
 // Also here, because it is built and loaded with them: SafaKeepInMemory, the no-op behind
-// safa_jax/kernels/keep_in_memory.py.
+// safa_jax/cpu/keep_in_memory.py.
 #include <immintrin.h>
 #include <omp.h>
 #include <sched.h>

@@ -10,7 +10,7 @@ glibc cannot be told to keep blocks that large in its mmap path, so this turns m
 keeps the heap's freed top (M_TRIM_THRESHOLD); both only apply to the main heap, so all threads use it
 (M_ARENA_MAX=1; the arena limit must be set before JAX starts its threads). The cost: the process keeps its
 peak heap rather than returning it, and threads share one malloc lock. Applied by the entry points on the CPU
-(safa_jax/process_settings.py); set SAFA_JAX_KEEP_MALLOC=1 to opt out. Only glibc (Linux) is touched.
+(safa_jax/cpu/process_settings.py); set SAFA_JAX_KEEP_MALLOC=1 to opt out. Only glibc (Linux) is touched.
 """
 
 import ctypes

@@ -8,7 +8,8 @@ instead of block k-1's output, and the backward pass does the same (docs/benchma
 `lax.optimization_barrier` would express this, but XLA's CPU pipeline removes it before fusion. A custom call
 is opaque to fusion; this one (`SafaKeepInMemory` in onednn_conv.cc) takes its argument's buffer as its
 result, so it moves no data. Gradients pass through unchanged. CPU only, registered with the oneDNN
-convolutions (`onednn_conv.ensure_available`); the backbones use it when the convolution backend is "onednn".
+convolutions (`onednn_conv.ensure_available`); the backbones use it when the convolution backend is "onednn"
+(`LayerOps.keep_block_outputs`, safa_jax/models/layer_ops.py).
 """
 
 import jax
@@ -25,8 +26,3 @@ def keep_in_memory(x: jax.Array) -> jax.Array:
 
 
 keep_in_memory.defvjp(lambda x: (_call(x), None), lambda _, g: (g,))
-
-
-def unchanged(x: jax.Array) -> jax.Array:
-    """What a backbone uses in place of keep_in_memory where the oneDNN library is not in use."""
-    return x

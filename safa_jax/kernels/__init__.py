@@ -1,1 +1,0 @@
-"""Compiled kernels that JAX calls through XLA FFI."""
