@@ -8,8 +8,7 @@ from safa_jax.config_fields import positive_int
 from safa_jax.data.mixup import validate_mixup_config
 from safa_jax.methods import METHODS
 from safa_jax.methods.safa import validate_safa_section
-from safa_jax.data.sources import validate_data_config
-from safa_jax.data.streaming import validate_stream_config
+from safa_jax.data.registry import validate_data_config
 from safa_jax.losses.base import POSTHOC, tau_search, validate_loss_config
 from safa_jax.models import HEADS, MODEL_NAMES
 from safa_jax.models.heads import resolve_head
@@ -18,18 +17,10 @@ from safa_jax.models.torch_import import read_pretrained_info
 from safa_jax.precision import Precision
 from safa_jax.warm_start import check_init_from
 
-DATA_PIPELINES = ("memory", "stream")
-
 
 def validate_config(config) -> None:
     """Raises ValueError on the first problem found in `config`."""
-    if config.data.pipeline not in DATA_PIPELINES:
-        raise ValueError(f"unknown config.data.pipeline={config.data.pipeline!r}; "
-                         f"allowed: {', '.join(DATA_PIPELINES)}")
-    if config.data.pipeline == "stream":
-        validate_stream_config(config.data)
-    else:
-        validate_data_config(config.data)
+    validate_data_config(config.data)
     if config.model.name not in MODEL_NAMES:
         raise ValueError(f"unknown model config.model.name={config.model.name!r}; "
                          f"allowed: {', '.join(MODEL_NAMES)}")

@@ -7,8 +7,8 @@ SAFA is training-only: nothing here runs its modules. The last batch is padded t
 import json
 import logging
 import pathlib
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,15 +18,12 @@ from jax.sharding import Mesh
 
 from safa_jax import checkpointing, metrics, sharding
 from safa_jax.data.device_pipeline import normalize, to_unit_float
-from safa_jax.data.sources import LongTailedData
+from safa_jax.data.dataset import Dataset
 from safa_jax.experiment import Experiment, build_experiment, config_record, restore_if_any
 from safa_jax.losses.base import log_class_prior, tau_search
 from safa_jax.models.heads import tau_normalized_linear
 from safa_jax.precision import Precision
 from safa_jax.state import NnxBridge, TrainState
-
-if TYPE_CHECKING:
-    from safa_jax.data.streaming import StreamingData
 
 
 def make_predict_fn(backbone: NnxBridge, mean, std, *, compute_dtype: str = "float32") -> Callable:
@@ -64,38 +61,18 @@ def make_count_fn(predict: Callable, num_classes: int, mesh: Mesh, logit_offset:
     return jax.jit(count, out_shardings=sharding.replicated(mesh))
 
 
-def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Iterator[tuple]:
-    """(images, labels, mask) batches of exactly `batch_size`; the last one padded, its padding masked out."""
-    for start in range(0, len(images), batch_size):
-        chunk, chunk_labels = images[start:start + batch_size], labels[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        mask = np.concatenate([np.ones(len(chunk), bool), np.zeros(pad, bool)])
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            chunk_labels = np.concatenate([chunk_labels, np.zeros(pad, chunk_labels.dtype)])
-        yield chunk, chunk_labels.astype(np.int32), mask
-
-
-def count_correct(predict: Callable, params, batch_stats, data: "LongTailedData | StreamingData",
-                  batch_size: int, mesh: Mesh, logit_offset: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class (correct, total) over the whole test split, each example counted exactly once.
-
-    In-memory data: every process holds the whole test set and places each padded batch globally.
-    Streamed data: each process reads its own slice of every batch.
-    """
+def count_correct(predict: Callable, params, batch_stats, data: Dataset, batch_size: int, mesh: Mesh,
+                  logit_offset: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class (correct, total) over the whole test split, each example counted exactly once: each process
+    reads its own slice of every padded global batch (`Dataset.test_batches`)."""
     batch_size = sharding.padded_batch_size(batch_size, mesh)
     count = make_count_fn(predict, data.num_classes, mesh, logit_offset)
-    if isinstance(data, LongTailedData):
-        batches = padded_batches(data.test_images, data.test_labels, batch_size)
-        place = lambda batch: sharding.put_global(batch, sharding.batch_sharded(mesh))  # noqa: E731
-    else:
-        batches = data.test_batches(batch_size=batch_size, process_index=jax.process_index(),
-                                    process_count=jax.process_count())
-        place = lambda batch: sharding.put_process_batch(batch, mesh)  # noqa: E731
+    batches = data.test_batches(batch_size=batch_size, process_index=jax.process_index(),
+                                process_count=jax.process_count())
     correct = np.zeros(data.num_classes, np.int64)
     total = np.zeros(data.num_classes, np.int64)
     for batch in batches:
-        batch_correct, batch_total = count(params, batch_stats, *place(batch))
+        batch_correct, batch_total = count(params, batch_stats, *sharding.put_process_batch(batch, mesh))
         correct += np.asarray(batch_correct)
         total += np.asarray(batch_total)
     return correct, total
@@ -136,7 +113,7 @@ def check_same_data(saved: dict[str, Any], config: ml_collections.ConfigDict, wh
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                         *, step: int | None = None, mesh: Mesh | None = None,
-                        data: LongTailedData | None = None) -> dict[str, Any]:
+                        data: Dataset | None = None) -> dict[str, Any]:
     """Restores the latest (or the given) checkpoint of `workdir` on the devices present and evaluates it.
 
     `mesh` and `data` default to all devices and `config.data`; tests pass small ones.

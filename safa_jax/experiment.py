@@ -20,7 +20,8 @@ from flax import nnx
 from safa_jax import checkpointing, sharding
 from safa_jax.config_checks import validate_config
 from safa_jax.data import device_pipeline
-from safa_jax.data.sources import LongTailedData, load_data
+from safa_jax.data.dataset import Dataset
+from safa_jax.data.registry import load_training_data
 from safa_jax.methods import METHODS, Method, ModuleSetup
 from safa_jax.models import build_model
 from safa_jax.models.layer_ops import LayerOps, layer_ops_for
@@ -35,7 +36,7 @@ class Experiment:
     """What a run builds once from its config and data: models, optimizer, schedule, mesh."""
 
     config: ml_collections.ConfigDict
-    data: LongTailedData
+    data: Dataset
     mesh: jax.sharding.Mesh
     backbone: NnxBridge
     method: Method  # config.method's, built: its modules' bridge, variants and classifier batch
@@ -45,7 +46,7 @@ class Experiment:
     num_train_steps: int
 
 
-def resolve_config(config: ml_collections.ConfigDict, data: LongTailedData) -> ml_collections.ConfigDict:
+def resolve_config(config: ml_collections.ConfigDict, data: Dataset) -> ml_collections.ConfigDict:
     """Replaces the 'auto'/-1 fields by the values they stand for; the result is what config.json records."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.head = resolve_head(config.model.head, config.loss.name)
@@ -91,15 +92,7 @@ def keep_frozen(optimizer: optax.GradientTransformation, frozen: Any, new_params
     return params, opt_state
 
 
-def load_training_data(data_config: ml_collections.ConfigDict):
-    """In memory (`data.pipeline="memory"`, small data on the devices) or streamed from disk ("stream")."""
-    if data_config.pipeline == "stream":
-        from safa_jax.data.streaming import load_streaming_data  # TensorFlow only on this path.
-        return load_streaming_data(data_config)
-    return load_data(data_config)
-
-
-def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData | None = None,
+def build_experiment(config: ml_collections.ConfigDict, *, data: Dataset | None = None,
                      mesh: jax.sharding.Mesh | None = None) -> tuple[Experiment, TrainState]:
     """Validates the config, loads the data, builds the models and the initial (replicated) state."""
     validate_config(config)
@@ -143,7 +136,7 @@ def build_experiment(config: ml_collections.ConfigDict, *, data: LongTailedData 
     return experiment, state
 
 
-def split_record(data: LongTailedData) -> dict[str, Any]:
+def split_record(data: Dataset) -> dict[str, Any]:
     """What split.json and the checkpoint metadata record about the training subset."""
     return {
         "class_names": list(data.class_names),

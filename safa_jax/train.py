@@ -27,7 +27,7 @@ from safa_jax import (checkpointing, console, curves, epoch_log, evaluate, metri
 from safa_jax.config_checks import validate_config
 from safa_jax.data import mixup
 from safa_jax.data.step_input import StepInput, make_input
-from safa_jax.data.sources import LongTailedData
+from safa_jax.data.dataset import Dataset
 from safa_jax.experiment import (Experiment, build_experiment, config_record, keep_frozen, learning_rate_schedule,
                                  restore_if_any, split_record)
 from safa_jax.losses.base import make_base_loss
@@ -122,7 +122,7 @@ def make_train_step(experiment: Experiment, batch_input: StepInput, *,
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        *, mesh: jax.sharding.Mesh | None = None,
-                       data: LongTailedData | None = None) -> dict[str, Any]:
+                       data: Dataset | None = None) -> dict[str, Any]:
     """Trains (resuming from the run folder's latest checkpoint if any), evaluates, returns the final summary.
 
     `mesh` and `data` default to all devices and `config.data`; tests pass small ones. Process 0 holds the

@@ -12,7 +12,8 @@ from sklearn.datasets import load_digits
 
 from configs import cifar10_lt, common
 from safa_jax.data.longtail import longtail_class_counts
-from safa_jax.data.sources import load_data, validate_data_config
+from safa_jax.data.registry import validate_data_config
+from safa_jax.data.sources import load_data
 from tests.test_longtail import ldam_drw_reference
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

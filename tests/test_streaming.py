@@ -60,7 +60,7 @@ def take(iterator, count):
     return [next(iterator) for _ in range(count)]
 
 
-def test_folder_stream_selects_the_in_memory_sources_ids(folder_tree, folder_data):
+def test_folder_stream_selects_the_in_memory_sources_ids_and_test_batches(folder_tree, folder_data):
     in_memory = load_data(stream_config(folder_tree, pipeline="memory"))
     # n_max = the smallest source class (eel, 9); rho = 4 over 3 classes keeps 9, 9 * 4^-1/2, 9 * 4^-1.
     assert folder_data.source_class_counts.tolist() == [12, 11, 9]
@@ -70,6 +70,14 @@ def test_folder_stream_selects_the_in_memory_sources_ids(folder_tree, folder_dat
     np.testing.assert_array_equal(folder_data.train_labels, in_memory.train_labels)
     np.testing.assert_array_equal(folder_data.test_labels, in_memory.test_labels)
     np.testing.assert_array_equal(folder_data.class_counts, in_memory.class_counts)
+    for process in (0, 1):  # one Dataset interface: the same test batches, process by process, from both
+        streamed = list(folder_data.test_batches(batch_size=4, process_index=process, process_count=2))
+        held = list(in_memory.test_batches(batch_size=4, process_index=process, process_count=2))
+        assert [images.shape for images, _, _ in streamed] == [images.shape for images, _, _ in held] == [
+            (2, SIZE, SIZE, 3)] * 3  # 9 test images: global batches of 4, 4, 1 + padding; 2 per process
+        for (_, labels, mask), (_, held_labels, held_mask) in zip(streamed, held):
+            np.testing.assert_array_equal(labels, held_labels)
+            np.testing.assert_array_equal(mask, held_mask)
 
 
 def test_train_batches_have_the_planned_labels_shapes_and_dtypes(folder_data):
@@ -203,7 +211,7 @@ def test_inaturalist_through_a_mocked_tfds_data_source():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(source="memory:x"), "'memory:x'.*folder:PATH, tfds:NAME, imagenet_lt:LISTS_DIR, places_lt:LISTS_DIR"),
+    (dict(source="memory:x"), "'memory:x'.*tfds:NAME, folder:PATH, imagenet_lt:LISTS_DIR, places_lt:LISTS_DIR"),
     (dict(mean=(), std=()), r"data.mean=\(\).*both set"),
     (dict(channels=2), "channels=2"),
     (dict(color_jitter=1.5), "color_jitter=1.5; allowed: 0"),

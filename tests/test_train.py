@@ -160,9 +160,14 @@ def test_eval_counts_every_example_once_with_a_partial_last_batch():
     full = tiny_data(num_test_per_class=6)
     data = dataclasses.replace(full, test_images=full.test_images[:23], test_labels=full.test_labels[:23])
     mesh = sharding.make_mesh(jax.devices()[:8])
-    batches = list(evaluate.padded_batches(data.test_images, data.test_labels, 8))
+    batches = list(data.test_batches(batch_size=8))
     assert [len(b[0]) for b in batches] == [8, 8, 8]
     assert [int(b[2].sum()) for b in batches] == [8, 8, 7]
+    assert not batches[-1][0][7].any() and batches[-1][1][7] == 0  # the padding: a zero image of label 0
+    halves = [list(data.test_batches(batch_size=8, process_index=p, process_count=2)) for p in (0, 1)]
+    for whole, first, second in zip(batches, *halves):  # two processes read the two halves of each batch
+        for part in range(3):
+            np.testing.assert_array_equal(np.concatenate([first[part], second[part]]), whole[part])
 
     def predict_class_zero(params, stats, images):
         """A "model" that predicts class 0 for every image: correct = the number of class-0 examples."""

@@ -1,6 +1,7 @@
-"""Where the images come from: one entry point, `load_data(config.data)`, for every source.
+"""The in-memory pipeline's sources: `load_data(config.data)` reads a whole long-tailed split into memory.
 
-Sources (`data_config.source`):
+Sources (`data_config.source`, with `data_config.pipeline == "memory"`; all forms are listed and checked in
+`registry.py`):
 
 - "digits": scikit-learn's bundled 8x8 digits (1,797 images, 10 classes, no download). Pixel values
   0..16 become 0..255. Split: per class, in the original order, the last 40 images are the test set
@@ -21,18 +22,17 @@ Every source then goes through the same steps: long-tailed subsampling of the tr
 import concurrent.futures
 import dataclasses
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from safa_jax.data import longtail
+from safa_jax.data import longtail, registry
+from safa_jax.data.dataset import padded_test_positions
 
-SOURCE_FORMS = ("digits", "tfds:NAME", "folder:PATH")
 DIGITS_TEST_PER_CLASS = 40
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-PIL_MODES = {1: "L", 3: "RGB"}
-MIN_IMAGE_SIZE = 4
+PIL_MODES = {1: "L", 3: "RGB"}  # for each of registry.PIL_CHANNELS
 TFDS_READ_BATCH = 10_000  # tfds' batch_size=-1 needs split sizes that mocked datasets do not have.
 STATS_CHUNK = 1024  # images per chunk when computing mean/std, to keep the float copy small.
 
@@ -56,6 +56,15 @@ class LongTailedData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def test_batches(self, *, batch_size: int, process_index: int = 0, process_count: int = 1
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(uint8 images, int32 labels, bool mask) of this process's slice of each global test batch (`Dataset`)."""
+        for positions, valid in padded_test_positions(len(self.test_labels), batch_size=batch_size,
+                                                      process_index=process_index, process_count=process_count):
+            images = self.test_images[positions]  # a copy: the padding is zeroed in it
+            images[~valid] = 0
+            yield images, np.where(valid, self.test_labels[positions], 0).astype(np.int32), valid
+
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
@@ -67,32 +76,9 @@ class _Source:
     load_test: Callable[[], tuple[np.ndarray, np.ndarray]]  # -> (conformed uint8 images, labels).
 
 
-def validate_subset_and_shape(data_config) -> None:
-    """The checks every pipeline shares: the long-tailed profile, channels and image size."""
-    longtail.validate_subsampling(data_config)
-    if data_config.channels not in PIL_MODES:
-        raise ValueError(f"data.channels={data_config.channels} is not supported; allowed: 1 (grey) or 3 (RGB).")
-    if data_config.image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"data.image_size={data_config.image_size} is too small; "
-                         f"allowed: >= {MIN_IMAGE_SIZE}.")
-
-
-def validate_data_config(data_config) -> None:
-    """Cheap checks of `config.data` before anything is read, so a bad run fails in a second."""
-    _parse_source(data_config.source)
-    validate_subset_and_shape(data_config)
-    mean, std = tuple(data_config.mean), tuple(data_config.std)
-    if (len(mean), len(std)) != (0, 0):
-        if len(mean) != data_config.channels or len(std) != data_config.channels:
-            raise ValueError(f"data.mean={mean} and data.std={std} must both have data.channels="
-                             f"{data_config.channels} values, or both be empty (computed from the training split).")
-        if min(std) <= 0:
-            raise ValueError(f"data.std={std} has a value <= 0; allowed: positive values.")
-
-
 def load_data(data_config) -> LongTailedData:
     """Reads the source named by `data_config.source`, subsamples it long-tailed and conforms the images."""
-    validate_data_config(data_config)
+    registry.validate_data_config(data_config)
     source = _open_source(data_config)
     num_classes = len(source.class_names)
     source_class_counts = np.bincount(source.train_labels, minlength=num_classes)
@@ -118,18 +104,8 @@ def load_data(data_config) -> LongTailedData:
     )
 
 
-def _parse_source(source: str) -> tuple[str, str]:
-    """("digits", ""), ("tfds", NAME) or ("folder", PATH)."""
-    if source == "digits":
-        return "digits", ""
-    kind, _, argument = source.partition(":")
-    if kind in ("tfds", "folder") and argument:
-        return kind, argument
-    raise ValueError(f"data.source={source!r} is not understood; allowed: {', '.join(SOURCE_FORMS)}.")
-
-
 def _open_source(data_config) -> _Source:
-    kind, argument = _parse_source(data_config.source)
+    kind, argument = registry.parse_source(data_config.source, "memory")
     size, channels = data_config.image_size, data_config.channels
     if kind == "folder":
         return _folder_source(pathlib.Path(argument), size, channels)

@@ -5,7 +5,8 @@ memory as uint8 at 224 px, so each process streams its own share of every batch 
 the jitted step only normalises. `load_streaming_data(config.data)` returns a `StreamingData`; the train
 loop takes one batch per step from `train_batches` and evaluates from `test_batches`.
 
-Sources (`data_config.source`, with `data_config.pipeline == "stream"`):
+Sources (`data_config.source`, with `data_config.pipeline == "stream"`; all forms are listed and checked in
+`registry.py`):
 
 - "folder:PATH": an image tree PATH/{train,test}/<class>/<image>, listed by tfds's `ImageFolder` builder
   (local or gs://; .jpg, .jpeg and .png files). Ids, classes and the long-tailed selection are those of the
@@ -47,14 +48,13 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from safa_jax.data import longtail, lt_lists
-from safa_jax.data.device_pipeline import steps_per_epoch
-from safa_jax.data.sources import validate_subset_and_shape
+from safa_jax.data import longtail, lt_lists, registry
+from safa_jax.data.dataset import padded_test_positions, process_batch_size
+from safa_jax.data.device_pipeline import class_balanced_sample_probs, steps_per_epoch
 
 if typing.TYPE_CHECKING:
     import tensorflow as tf
 
-STREAM_SOURCE_FORMS = ("folder:PATH", "tfds:NAME", "imagenet_lt:LISTS_DIR", "places_lt:LISTS_DIR")
 TFDS_TEST_SPLITS = {"i_naturalist2018": "validation"}
 RRC_AREA_RANGE = (0.08, 1.0)
 RRC_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -168,10 +168,8 @@ class StreamingData:
         size, channels = self.image_size, self.channels
 
         def process_share():
-            for start in range(0, self.num_test, batch_size):
-                positions = np.arange(share) + start + process_index * share
-                valid = positions < self.num_test
-                positions = np.where(valid, positions, 0)
+            for positions, valid in padded_test_positions(self.num_test, batch_size=batch_size,
+                                                          process_index=process_index, process_count=process_count):
                 yield positions, np.where(valid, self.test_labels[positions], 0).astype(np.int32), valid
 
         def load(image_id, label, valid):
@@ -184,17 +182,6 @@ class StreamingData:
                      tf.TensorSpec((share,), tf.bool))
         return _decoded_batches(tf.data.Dataset.from_generator(process_share, output_signature=signature),
                                 load, share)
-
-
-def process_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
-    """The per-process share of a global batch, after checking the process coordinates."""
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} of process_count={process_count}; "
-                         f"allowed: process_count >= 1 and 0 <= process_index < process_count.")
-    if batch_size < 1 or batch_size % process_count:
-        raise ValueError(f"batch_size={batch_size} does not split over process_count={process_count}; "
-                         f"allowed: a positive multiple of {process_count}.")
-    return batch_size // process_count
 
 
 def global_train_batches(labels: np.ndarray, num_classes: int, *, batch_size: int, seed: int, start_step: int,
@@ -214,26 +201,21 @@ def global_train_batches(labels: np.ndarray, num_classes: int, *, batch_size: in
     batches_per_epoch = steps_per_epoch(len(labels), batch_size)  # Checked here, not at the first batch.
     class_probs = None
     if balanced_from_step is not None:
-        class_probs = _balanced_class_probs(np.bincount(labels, minlength=num_classes), balanced_class_weights)
+        class_probs = _balanced_class_probs(labels, num_classes, balanced_class_weights)
     return _global_batches(labels, num_classes, batches_per_epoch, batch_size=batch_size, seed=seed,
                            start_step=start_step, balanced_from_step=balanced_from_step, class_probs=class_probs)
 
 
-def _balanced_class_probs(counts: np.ndarray, class_weights: np.ndarray | None) -> np.ndarray:
-    """P(class c) = n_c w_c / sum_k n_k w_k: the class shares of a draw with P(example) proportional to w_c."""
+def _balanced_class_probs(labels: np.ndarray, num_classes: int, class_weights: np.ndarray | None) -> np.ndarray:
+    """P(class c) = n_c w_c / sum_k n_k w_k: the class shares of the in-memory pipeline's draw, P(example)
+    proportional to w_c (`class_balanced_sample_probs`, the one rule), summed over each class's examples."""
     if class_weights is None:
         raise ValueError("balanced_from_step is set but balanced_class_weights is None; allowed: per-class "
                          "sampling weights (K,), e.g. losses.base.sampling_class_weights(config.loss, counts)")
-    class_weights = np.asarray(class_weights, dtype=np.float64)
-    if class_weights.shape != counts.shape or (class_weights < 0).any():
-        raise ValueError(f"balanced_class_weights has shape {class_weights.shape} and minimum "
-                         f"{class_weights.min() if class_weights.size else None}; allowed: {counts.shape[0]} "
-                         "weights >= 0")
-    mass = counts * class_weights
-    if mass.sum() <= 0:
-        raise ValueError("balanced_class_weights give every training example weight 0; allowed: a positive "
-                         "weight on at least one class that has examples")
-    return mass / mass.sum()
+    if np.shape(class_weights) != (num_classes,):
+        raise ValueError(f"balanced_class_weights has shape {np.shape(class_weights)}; allowed: ({num_classes},), "
+                         "one weight per class")
+    return np.bincount(labels, weights=class_balanced_sample_probs(labels, class_weights), minlength=num_classes)
 
 
 def _global_batches(labels: np.ndarray, num_classes: int, batches_per_epoch: int, *, batch_size: int, seed: int,
@@ -305,24 +287,10 @@ def decode_center_crop(encoded: "tf.Tensor", *, size: int, channels: int) -> "tf
     return _to_uint8(image[top:top + size, left:left + size], size, channels)
 
 
-def validate_stream_config(data_config) -> None:
-    """Checks of `config.data` specific to streaming, before anything is read."""
-    _parse_stream_source(data_config.source)
-    validate_subset_and_shape(data_config)
-    mean, std = tuple(data_config.mean), tuple(data_config.std)
-    if len(mean) != data_config.channels or len(std) != data_config.channels or min(std) <= 0:
-        raise ValueError(f"data.mean={mean} and data.std={std}: streamed data needs both set, with "
-                         f"data.channels={data_config.channels} values each and std > 0 (e.g. ImageNet's "
-                         f"(0.485, 0.456, 0.406) and (0.229, 0.224, 0.225)).")
-    color_jitter = data_config.color_jitter
-    if not 0.0 <= color_jitter < 1.0:
-        raise ValueError(f"data.color_jitter={color_jitter}; allowed: 0 (off) <= color_jitter < 1.")
-
-
 def load_streaming_data(data_config) -> StreamingData:
     """Lists the source named by `data_config.source`, selects the long-tailed training subset, checks files."""
-    validate_stream_config(data_config)
-    kind, argument = _parse_stream_source(data_config.source)
+    registry.validate_data_config(data_config)
+    kind, argument = registry.parse_source(data_config.source, "stream")
     if kind == "folder":
         source = _folder_source(argument)
     elif kind == "tfds":
@@ -352,13 +320,6 @@ def load_streaming_data(data_config) -> StreamingData:
         flip=data_config.flip,
         color_jitter=float(data_config.color_jitter),
     )
-
-
-def _parse_stream_source(source: str) -> tuple[str, str]:
-    kind, _, argument = source.partition(":")
-    if kind in ("folder", "tfds", *lt_lists.LIST_PREFIXES) and argument:
-        return kind, argument
-    raise ValueError(f"data.source={source!r} cannot be streamed; allowed: {', '.join(STREAM_SOURCE_FORMS)}.")
 
 
 class _Source(typing.NamedTuple):
