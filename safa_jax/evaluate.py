@@ -152,7 +152,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
 
     summary = evaluate_at(None if posthoc == "none" else config.eval.tau)
     # The post-hoc results go beside the plain ones, not over them.
-    stem = "eval_results" if posthoc == "none" else f"eval_results_{posthoc}_tau{config.eval.tau:g}"
+    stem = metrics.results_stem(posthoc, config.eval.tau)
     write = jax.process_index() == 0
     if write:
         logging.info("Wrote %s", metrics.write_summary(summary, experiment.data.class_names, workdir, stem=stem))

@@ -121,6 +121,11 @@ def format_table(summary: dict[str, Any], class_names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def results_stem(posthoc: str = "none", tau: float | None = None) -> str:
+    """The file stem of an evaluation's results: `eval_results`, or beside it `eval_results_POSTHOC_tauTAU`."""
+    return "eval_results" if posthoc == "none" else f"eval_results_{posthoc}_tau{tau:g}"
+
+
 def write_summary(summary: dict[str, Any], class_names: tuple[str, ...],
                   workdir: str | pathlib.Path, stem: str = "eval_results") -> pathlib.Path:
     """Writes `<stem>.json` and `<stem>.txt` into the run folder; returns the JSON path."""

@@ -32,18 +32,23 @@ _OUTPUT = flags.DEFINE_string("output", "", "With --report: the markdown file (d
 _EXPORT = flags.DEFINE_string("export", "", "Copy each finished run's small files into this folder; train nothing.")
 
 
-def run_command(run: Run, root: pathlib.Path) -> list[str]:
-    return [sys.executable, "-m", "safa_jax.main", f"--workdir={root / run.name}", *run.flags(root)]
+def run_command(run: Run, root: pathlib.Path, posthoc: tuple[str, float] | None = None) -> list[str]:
+    """The run's `python -m safa_jax.main` command: training, or with `posthoc` its post-hoc evaluation."""
+    command = [sys.executable, "-m", "safa_jax.main", f"--workdir={root / run.name}", *run.flags(root)]
+    if posthoc is not None:
+        command += ["--mode=eval", f"--config.eval.posthoc={posthoc[0]}", f"--config.eval.tau={posthoc[1]}"]
+    return command
 
 
-def train_run(run: Run, root: pathlib.Path) -> int:
-    """Trains one run to its end (or resumes it); its output goes to the console and to ROOT/<run>/train.log.
+def train_run(run: Run, root: pathlib.Path, posthoc: tuple[str, float] | None = None) -> int:
+    """Trains one run to its end (or resumes it), or with `posthoc` evaluates it so; its output goes to the
+    console and to ROOT/<run>/train.log.
 
-    SIGTERM and SIGINT are passed on to the training process, which stops as it would alone.
+    SIGTERM and SIGINT are passed on to the child process, which stops as it would alone.
     """
     workdir = root / run.name
     workdir.mkdir(parents=True, exist_ok=True)
-    command = run_command(run, root)
+    command = run_command(run, root, posthoc)
     with open(workdir / "train.log", "a") as log:
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         log.write(f"\n# {stamp}: {' '.join(command)}\n")
@@ -69,15 +74,21 @@ def run_suite(runs: list[Run], root: pathlib.Path) -> None:
         status = suite_report.run_status(root / run.name)
         if status.done:
             print(f"suite: {index}/{len(runs)} {run.name}: finished, skipped", flush=True)
-            continue
-        print(f"suite: {index}/{len(runs)} {run.name}: {'resuming' if status.epochs_done else 'starting'} "
-              f"({status.epochs_done} epochs done) in {root / run.name}", flush=True)
-        code = train_run(run, root)
-        if code != 0:
-            sys.exit(f"suite: {run.name} stopped with exit code {code}; see {root / run.name / 'train.log'}. "
-                     "Start the same command again to resume.")
+        else:
+            print(f"suite: {index}/{len(runs)} {run.name}: {'resuming' if status.epochs_done else 'starting'} "
+                  f"({status.epochs_done} epochs done) in {root / run.name}", flush=True)
+            _check_exit(train_run(run, root), run, root)
+        for posthoc in suite_report.missing_posthoc(run, root / run.name):
+            print(f"suite: {index}/{len(runs)} {run.name}: post-hoc {posthoc[0]} at tau={posthoc[1]:g}", flush=True)
+            _check_exit(train_run(run, root, posthoc), run, root)
     print(f"suite: all {len(runs)} runs finished in {root}; "
           f"`python -m safa_jax.suite --suite={_SUITE.value} --root={root} --report` writes the table", flush=True)
+
+
+def _check_exit(code: int, run: Run, root: pathlib.Path) -> None:
+    if code != 0:
+        sys.exit(f"suite: {run.name} stopped with exit code {code}; see {root / run.name / 'train.log'}. "
+                 "Start the same command again to resume.")
 
 
 def main(argv: list[str]) -> None:

@@ -13,6 +13,7 @@ import statistics
 from typing import Any
 
 from safa_jax.epoch_log import EPOCHS_FILE, TRAINING_DONE_FILE, read_epochs
+from safa_jax.metrics import results_stem
 from safa_jax.provenance import PROVENANCE_FILE, read_provenance
 from safa_jax.suite_spec import Run
 
@@ -86,6 +87,28 @@ def listing(runs: list[Run], root: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
+def _posthoc_files(run: Run) -> list[str]:
+    return [f"{results_stem(*posthoc)}{suffix}" for posthoc in run.posthoc for suffix in (".json", ".txt")]
+
+
+def missing_posthoc(run: Run, workdir: pathlib.Path) -> list[tuple[str, float]]:
+    """The run's post-hoc evaluations still to do: none before it has finished training."""
+    if not run_status(workdir).done:
+        return []
+    return [posthoc for posthoc in run.posthoc if not (workdir / f"{results_stem(*posthoc)}.json").exists()]
+
+
+def _posthoc_results(run: Run, workdir: pathlib.Path) -> list[dict[str, Any]]:
+    found = []
+    for posthoc, tau in run.posthoc:
+        summary = _read_json(workdir / f"{results_stem(posthoc, tau)}.json")
+        if summary is not None:
+            found.append({"posthoc": posthoc, "tau": tau,
+                          **{key: summary[key] for key in ("top1_error", "many_shot_accuracy",
+                                                           "medium_shot_accuracy", "few_shot_accuracy")}})
+    return found
+
+
 def run_result(run: Run, workdir: pathlib.Path) -> dict[str, Any]:
     """What the report says of one run (None where not known yet)."""
     rows = read_epochs(workdir)
@@ -111,6 +134,7 @@ def run_result(run: Run, workdir: pathlib.Path) -> dict[str, Any]:
         "eval_hours": sum(r["eval_seconds"] or 0.0 for r in rows) / 3600.0,
         "images_per_sec": status.images_per_sec,
         "trained_by": commits,
+        "posthoc": _posthoc_results(run, workdir),
     }
 
 
@@ -159,12 +183,33 @@ def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> s
     if sources:
         lines += ["", "Paper numbers (top-1 error %): " + "; ".join(
             f"{source}: {', '.join(names)}" for source, names in sources.items()) + ". n/a: no class in that group."]
+    lines += _posthoc_table(results)
     cpus = sorted({c["cpu"] for r in results for c in r["trained_by"]})
     lines += ["", f"Machines: {'; '.join(cpus) or 'none yet'}. A `+` after a commit: the working tree had "
               "uncommitted changes to tracked files when that start began."]
     if (root / NOTES_FILE).exists():
         lines += ["", (root / NOTES_FILE).read_text().strip()]
     return "\n".join(lines) + "\n"
+
+
+def _posthoc_table(results: list[dict[str, Any]]) -> list[str]:
+    """The post-hoc evaluations of finished runs, beside each run's plain final error."""
+    rows = [(r, p) for r in results for p in r.get("posthoc", ())]
+    if not rows:
+        return []
+    lines = ["", "Post-hoc adjustment of a finished run's final model, no retraining (`python -m safa_jax.main "
+             "--mode=eval` with the run's flags and `--config.eval.posthoc=P --config.eval.tau=T`, which the suite "
+             "runs after training): logit_adjust takes the argmax of logits - tau * log(class prior), tau_norm "
+             "divides each class's weight vector by its norm to the power tau. tau is fixed in the suite, not "
+             "chosen on the test set.", "",
+             "| run | adjustment | tau | final | change | many | medium | few |", "|---|---|---|---|---|---|---|---|"]
+    for r, p in rows:
+        change = "" if r["top1_error"] is None else f"{p['top1_error'] - r['top1_error']:+.2f}"
+        groups = " | ".join(_fmt(p[k]) if p[k] is not None else "n/a"
+                            for k in ("many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy"))
+        lines.append(f"| {r['name']} | {p['posthoc']} | {p['tau']:g} | **{_fmt(p['top1_error'])}** | {change} | "
+                     f"{groups} |")
+    return lines
 
 
 def write_report(suite: str, runs: list[Run], root: pathlib.Path, output: pathlib.Path) -> list[dict[str, Any]]:
@@ -185,7 +230,7 @@ def export(runs: list[Run], root: pathlib.Path, destination: pathlib.Path) -> li
             continue
         target = destination / run.name
         target.mkdir(parents=True, exist_ok=True)
-        for name in SMALL_FILES:
+        for name in (*SMALL_FILES, *_posthoc_files(run)):
             if (source / name).exists():
                 shutil.copy2(source / name, target / name)
         copied.append(run.name)

@@ -24,7 +24,9 @@ class Run:
 
     name: its folder under the suite root. config: `configs/FILE.py[:ARG]`, relative to the repository.
     overrides: config fields as `{"loss.name": "ldam"}`. paper: the published top-1 error (%) this run
-    reproduces, with `paper_source` naming the table; None where the paper has no number.
+    reproduces, with `paper_source` naming the table; None where the paper has no number. posthoc: the
+    post-hoc adjustments to evaluate the finished run with, as (`config.eval.posthoc`, `config.eval.tau`)
+    pairs, e.g. `("logit_adjust", 1.0)`: no retraining, one `--mode=eval` each.
     """
 
     name: str
@@ -32,6 +34,7 @@ class Run:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     paper: float | None = None
     paper_source: str = ""
+    posthoc: tuple[tuple[str, float], ...] = ()
 
     def flags(self, root: pathlib.Path | None = None) -> list[str]:
         """The run's `--config...` flags of `python -m safa_jax.main`; `run_folder` values point into `root`."""

@@ -115,9 +115,16 @@ def test_smoke_suite_runs_skips_resumes_reports_and_exports(tmp_path):
     final = json.loads((root / "ce" / "eval_results.json").read_text())
     assert final["top1_error"] == pytest.approx(rows[-1]["test_top1_error"])
     assert len(provenance.read_provenance(root / "ce")) == 1
+    assert "1/2 ce: post-hoc logit_adjust at tau=0" in first.stdout
+    unadjusted = json.loads((root / "ce" / "eval_results_logit_adjust_tau0.json").read_text())
+    adjusted = json.loads((root / "ce" / "eval_results_logit_adjust_tau1.json").read_text())
+    assert unadjusted["top1_error"] == final["top1_error"]  # tau 0 subtracts nothing
+    assert unadjusted["per_class_accuracy"] == final["per_class_accuracy"]
+    assert (adjusted["posthoc"], adjusted["tau"]) == ("logit_adjust", 1.0)
 
     again = run_suite_cli("--suite=smoke", f"--root={root}")
     assert "1/2 ce: finished, skipped" in again.stdout and "2/2 ce_safa: finished, skipped" in again.stdout
+    assert "post-hoc" not in again.stdout  # done already
 
     (root / "ce" / epoch_log.TRAINING_DONE_FILE).unlink()  # as if stopped after its last checkpoint
     resumed = run_suite_cli("--suite=smoke", f"--root={root}", "--only=ce")
@@ -130,12 +137,16 @@ def test_smoke_suite_runs_skips_resumes_reports_and_exports(tmp_path):
     assert "finished" in listed.stdout and "total time left 0:00:00" in listed.stdout
     exported = run_suite_cli("--suite=smoke", f"--root={root}", f"--export={tmp_path / 'results'}")
     assert "exported 2 finished runs" in exported.stdout
-    assert sorted(p.name for p in (tmp_path / "results" / "ce").iterdir()) == sorted(suite_report.SMALL_FILES)
+    posthoc_files = [f"eval_results_logit_adjust_tau{tau}.{ext}" for tau in (0, 1) for ext in ("json", "txt")]
+    assert sorted(p.name for p in (tmp_path / "results" / "ce").iterdir()) == sorted(
+        [*suite_report.SMALL_FILES, *posthoc_files])
     report = run_suite_cli("--suite=smoke", f"--root={tmp_path / 'results'}", "--report",
                            f"--output={tmp_path / 'docs' / 'results.md'}")
     assert report.returncode == 0, report.stderr[-2000:]
     table = (tmp_path / "docs" / "results.md").read_text()
     assert f"| ce |  | **{final['top1_error']:.2f}** |" in table
+    assert f"| ce | logit_adjust | 0 | **{final['top1_error']:.2f}** | +0.00 |" in table
+    assert f"| ce | logit_adjust | 1 | **{adjusted['top1_error']:.2f}** |" in table
 
 
 def test_suite_cli_errors_are_one_line():

@@ -5,14 +5,14 @@ augmented features and the Delta-encoder's from epoch 32). The rows: CE, LDAM-DR
 references), Balanced Softmax, mixup (alpha 1, MiSLAS's stage 1, on CE), LDAM-DRW with the Delta-encoder,
 CE with RSG (generation from epoch 32),
 and cRT on the CE run's backbone (4 epochs of classifier re-training with every class drawn equally often,
-lr 0.1 then x0.01 from epoch 3). Post-hoc logit adjustment and tau-normalisation evaluate the finished CE run:
-  python -m safa_jax.main --mode=eval --workdir=ROOT/ce --config=configs/cifar10_lt.py:200 \\
-      --config.data.source=folder:PATH/cifar10 --config.eval.posthoc=tau_norm --config.eval.tau_search=0,0.5,1
+lr 0.1 then x0.01 from epoch 3). Post-hoc logit adjustment and tau-normalisation (tau = 1) evaluate the
+finished CE run, which the suite does after training it.
 
   python -m safa_jax.suite --suite=cifar10_lt_methods --data=PATH/cifar10 --root=runs/methods
 """
 
 from configs.suites.cifar10_lt_proxy import LDAM_DRW, SAFA, SCHEDULE
+from configs.suites.cifar10_lt_table4 import POSTHOC
 from safa_jax.suite_spec import Run, data_source, run_folder
 
 CONFIG = "configs/cifar10_lt.py:200"
@@ -31,7 +31,8 @@ METHODS = {
 
 def get_suite(data: str) -> list[Run]:
     common = {"data.source": data_source(data), **SCHEDULE, "seed": 0}
-    runs = [Run(name, CONFIG, {**common, **overrides}) for name, overrides in METHODS.items()]
+    runs = [Run(name, CONFIG, {**common, **overrides}, posthoc=POSTHOC.get(name, ()))
+            for name, overrides in METHODS.items()]
     crt = {"data.source": data_source(data), "seed": 0, **CRT_EPOCHS, "method": "crt", "init_from": run_folder("ce"),
            "loss.train_rule": "resample", "loss.sampling_weights": "inverse_count"}
     return runs + [Run("ce_crt", CONFIG, crt)]

@@ -4,7 +4,9 @@ Real CIFAR-10 images from an image folder given as `--data=PATH/cifar10`. The pa
 SAFA supplementary's top-1 errors (%); its CE and LDAM-DRW baselines are not given at these imbalance
 factors, so CE and LDAM-DRW also run at rho=100, where the LDAM-DRW paper publishes them (29.64, 22.97):
 a check of our protocol and data. Order: what decides most first (the rho=200 pair LDAM-DRW /
-LDAM-DRW-SAFA, then CE / CE-SAFA), the rho=100 check, then rho=50, then the other placements.
+LDAM-DRW-SAFA, then CE / CE-SAFA), the rho=100 check, then rho=50, then the other placements. Each finished
+CE run is also evaluated with post-hoc logit adjustment and tau-normalisation at tau = 1 (Menon et al.'s
+and Kang et al.'s no-retraining baselines; seconds each).
 
   python -m safa_jax.suite --suite=cifar10_lt_table4 --data=PATH/cifar10 --root=runs/table4
 """
@@ -28,6 +30,7 @@ METHODS = {
     "ldam_drw_safa_s1": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 1},
     "ldam_drw_safa_s3": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 3},
 }
+POSTHOC = {"ce": (("logit_adjust", 1.0), ("tau_norm", 1.0))}  # method -> post-hoc evaluations of its runs
 ORDER = [("ldam_drw", 200), ("ldam_drw_safa_s2", 200), ("ce", 200), ("ce_safa_s2", 200),
          ("ldam_drw", 100), ("ce", 100),
          ("ldam_drw", 50), ("ldam_drw_safa_s2", 50), ("ce", 50), ("ce_safa_s2", 50),
@@ -44,5 +47,5 @@ def get_suite(data: str) -> list[Run]:
     source = data_source(data)
     return [Run(name=f"{method}_rho{rho}", config=f"configs/cifar10_lt.py:{rho}",
                 overrides={"data.source": source, "seed": 0, **METHODS[method]},
-                paper=PAPER.get((method, rho)), paper_source=_source(method, rho))
+                paper=PAPER.get((method, rho)), paper_source=_source(method, rho), posthoc=POSTHOC.get(method, ()))
             for method, rho in ORDER]

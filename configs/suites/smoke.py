@@ -13,6 +13,8 @@ TINY = {"model.width": 4, "model.blocks_per_stage": 1, "data.image_size": 8, "da
 
 def get_suite(data: str) -> list[Run]:
     del data  # the bundled digits
-    return [Run(name="ce", config="configs/digits_lt.py:10", overrides=dict(TINY)),
+    # Post-hoc logit adjustment at tau 0 (the plain model, a check) and 1, evaluated after training.
+    return [Run(name="ce", config="configs/digits_lt.py:10", overrides=dict(TINY),
+                posthoc=(("logit_adjust", 0.0), ("logit_adjust", 1.0))),
             Run(name="ce_safa", config="configs/digits_lt.py:10", overrides=dict(TINY, **{"method": "safa"}),
                 paper=None)]
