@@ -12,6 +12,7 @@ Suites are files in configs/suites/ (safa_jax/suite_spec.py says what they hold)
 """
 
 import datetime
+import json
 import pathlib
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import sys
 from absl import app, flags
 
 from safa_jax import suite_report
-from safa_jax.suite_spec import REPOSITORY, Run, available_suites, check_data, load_suite, select_runs
+from safa_jax.suite_spec import (REPOSITORY, RUN_SPEC_FILE, Run, available_suites, check_data, load_suite,
+                                 select_runs)
 
 _SUITE = flags.DEFINE_string("suite", None, f"Suite name (a file in configs/suites/): {', '.join(available_suites())}.")
 _ROOT = flags.DEFINE_string("root", None, "Folder holding one run folder per run (created if missing).")
@@ -68,9 +70,42 @@ def train_run(run: Run, root: pathlib.Path, posthoc: tuple[str, float] | None = 
                 signal.signal(s, handler)
 
 
+def check_same_run(run: Run, workdir: pathlib.Path) -> None:
+    """Refuses a run folder another run started (an edited suite, or two suites naming different runs alike
+    under one root), before anything is skipped as finished or resumed."""
+    record = workdir / RUN_SPEC_FILE
+    if not record.exists():
+        return
+    saved, wanted = json.loads(record.read_text()), run.spec()
+    if saved == wanted:
+        return
+    diffs = []
+    for key in ("config", *sorted({*saved["overrides"], *wanted["overrides"]})):
+        there, here = (spec if key == "config" else spec["overrides"] for spec in (saved, wanted))
+        if there.get(key) != here.get(key):
+            diffs.append(f"{key}: {_shown(there, key)} there, {_shown(here, key)} here")
+    raise ValueError(f"{workdir} holds another run than the suite's {run.name!r} ({'; '.join(diffs)}); "
+                     f"give another --root, or remove {record} to take that run as this one")
+
+
+def _shown(values: dict, key: str) -> str:
+    return repr(values[key]) if key in values else "(unset)"
+
+
+def record_run(run: Run, workdir: pathlib.Path) -> None:
+    """Writes the run's spec into its folder once, as the run starts (a folder from before the record existed
+    is adopted as it is)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / RUN_SPEC_FILE).exists():
+        (workdir / RUN_SPEC_FILE).write_text(json.dumps(run.spec(), indent=1) + "\n")
+
+
 def run_suite(runs: list[Run], root: pathlib.Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
+    for run in runs:  # every folder checked before the first run trains
+        check_same_run(run, root / run.name)
     for index, run in enumerate(runs, 1):
+        record_run(run, root / run.name)
         status = suite_report.run_status(root / run.name)
         if status.done:
             print(f"suite: {index}/{len(runs)} {run.name}: finished, skipped", flush=True)

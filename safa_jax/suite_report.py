@@ -15,11 +15,11 @@ from typing import Any
 from safa_jax.epoch_log import EPOCHS_FILE, TRAINING_DONE_FILE, read_epochs
 from safa_jax.metrics import results_stem
 from safa_jax.provenance import PROVENANCE_FILE, read_provenance
-from safa_jax.suite_spec import Run
+from safa_jax.suite_spec import RUN_SPEC_FILE, Run
 
 RESULTS_JSON = "results.json"
 SMALL_FILES = ("config.json", "split.json", "eval_results.json", "eval_results.txt", EPOCHS_FILE,
-               PROVENANCE_FILE, TRAINING_DONE_FILE)
+               PROVENANCE_FILE, TRAINING_DONE_FILE, RUN_SPEC_FILE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ one `python -m safa_jax.main` command, so a suite run trains exactly as that com
 
 import dataclasses
 import importlib
+import json
 import os
 import pathlib
 from typing import Any
@@ -16,6 +17,7 @@ import ml_collections
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 SUITES_DIR = REPOSITORY / "configs" / "suites"
 FOLDER_PREFIX = "folder:"
+RUN_SPEC_FILE = "suite_run.json"  # in each run folder: the run a suite started there (`Run.spec`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,12 @@ class Run:
         """The run's `--config...` flags of `python -m safa_jax.main`; `run_folder` values point into `root`."""
         values = {k: _in_root(v, root) for k, v in self.overrides.items()}
         return [f"--config={self.config}"] + [f"--config.{k}={_flag_value(v)}" for k, v in values.items()]
+
+    def spec(self) -> dict[str, Any]:
+        """What makes two runs the same run: config file and overrides (as JSON keeps them), not the name's
+        suite, the paper's number or the post-hoc list. Two suites that name the same run alike share its
+        folder under one root, and it trains once."""
+        return json.loads(json.dumps({"config": self.config, "overrides": dict(sorted(self.overrides.items()))}))
 
     def build_config(self) -> ml_collections.ConfigDict:
         """The run's config as `python -m safa_jax.main` would build it (no JAX needed): for listings."""

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from safa_jax import epoch_log, provenance, suite_report
-from safa_jax.suite_spec import Run, check_data, data_source, load_suite, select_runs
+from safa_jax.suite import check_same_run, record_run
+from safa_jax.suite_spec import RUN_SPEC_FILE, Run, check_data, data_source, load_suite, select_runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -138,6 +139,7 @@ def test_smoke_suite_runs_skips_resumes_reports_and_exports(tmp_path):
     exported = run_suite_cli("--suite=smoke", f"--root={root}", f"--export={tmp_path / 'results'}")
     assert "exported 2 finished runs" in exported.stdout
     posthoc_files = [f"eval_results_logit_adjust_tau{tau}.{ext}" for tau in (0, 1) for ext in ("json", "txt")]
+    assert RUN_SPEC_FILE in suite_report.SMALL_FILES
     assert sorted(p.name for p in (tmp_path / "results" / "ce").iterdir()) == sorted(
         [*suite_report.SMALL_FILES, *posthoc_files])
     report = run_suite_cli("--suite=smoke", f"--root={tmp_path / 'results'}", "--report",
@@ -147,6 +149,15 @@ def test_smoke_suite_runs_skips_resumes_reports_and_exports(tmp_path):
     assert f"| ce |  | **{final['top1_error']:.2f}** |" in table
     assert f"| ce | logit_adjust | 0 | **{final['top1_error']:.2f}** | +0.00 |" in table
     assert f"| ce | logit_adjust | 1 | **{adjusted['top1_error']:.2f}** |" in table
+
+    record = json.loads((root / "ce" / RUN_SPEC_FILE).read_text())  # as if the suite's ce row had been edited
+    record["overrides"]["batch_size"] = 32
+    (root / "ce" / RUN_SPEC_FILE).write_text(json.dumps(record))
+    edited = run_suite_cli("--suite=smoke", f"--root={root}")
+    assert edited.returncode != 0 and "Traceback" not in edited.stderr
+    assert edited.stderr.strip().splitlines()[-1] == (
+        f"safa_jax.suite: error: {root / 'ce'} holds another run than the suite's 'ce' (batch_size: 32 there, 16 "
+        f"here); give another --root, or remove {root / 'ce' / RUN_SPEC_FILE} to take that run as this one")
 
 
 def test_suite_cli_errors_are_one_line():
@@ -167,12 +178,31 @@ def test_every_suite_builds_configs_that_pass_the_checks_and_second_stages_point
         for run in runs:
             config = run.build_config()
             if config.init_from:  # a second stage: its first stage's folder exists once that run has trained
-                (tmp_path / "ce" / "checkpoints").mkdir(parents=True, exist_ok=True)
+                (tmp_path / "ce_seed0" / "checkpoints").mkdir(parents=True, exist_ok=True)
                 config.init_from = dict(f.split("=", 1) for f in run.flags(tmp_path)[1:])["--config.init_from"]
             validate_config(config)
-    crt = {run.name: run for run in load_suite("cifar10_lt_methods", "")}["ce_crt"]
-    assert f"--config.init_from={tmp_path.resolve() / 'ce'}" in crt.flags(tmp_path)
+    crt = {run.name: run for run in load_suite("cifar10_lt_methods", "")}["ce_crt_seed0"]
+    assert f"--config.init_from={tmp_path.resolve() / 'ce_seed0'}" in crt.flags(tmp_path)
     names = [run.name for run in load_suite("cifar10_lt_methods", "")]
-    assert names.index("ce") < names.index("ce_crt")
+    assert names.index("ce_seed0") < names.index("ce_crt_seed0")
     with pytest.raises(ValueError, match="names a run folder; the suite's root is needed"):
         crt.flags()
+
+
+def test_a_run_folder_is_one_run_and_suites_share_the_runs_they_name_alike(tmp_path):
+    run = Run("a", "configs/digits_lt.py:10", {"seed": 0, "optim.decay_epochs": (2, 3)})
+    check_same_run(run, tmp_path / "a")  # no folder yet: nothing to check
+    record_run(run, tmp_path / "a")
+    check_same_run(Run("a", "configs/digits_lt.py:10", {"optim.decay_epochs": [2, 3], "seed": 0}), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"holds another run than the suite's 'a' \(config: 'configs/digits_lt.py:10' "
+                                         r"there, 'configs/digits_lt.py:20' here; seed: 0 there, \(unset\) here\)"):
+        check_same_run(Run("a", "configs/digits_lt.py:20", {"optim.decay_epochs": (2, 3)}), tmp_path / "a")
+    (tmp_path / "old").mkdir()  # a folder from before the record: adopted by the run that resumes it
+    record_run(run, tmp_path / "old")
+    assert json.loads((tmp_path / "old" / RUN_SPEC_FILE).read_text()) == run.spec()
+
+    proxy = {r.name: r for r in load_suite("cifar10_lt_proxy", str(tmp_path))}
+    methods = {r.name: r for r in load_suite("cifar10_lt_methods", str(tmp_path))}
+    shared = sorted(proxy.keys() & methods.keys())
+    assert shared == ["ldam_drw_safa_seed0", "ldam_drw_seed0"]
+    assert all(proxy[name].spec() == methods[name].spec() for name in shared)

@@ -8,7 +8,11 @@ and cRT on the CE run's backbone (4 epochs of classifier re-training with every 
 lr 0.1 then x0.01 from epoch 3). Post-hoc logit adjustment and tau-normalisation (tau = 1) evaluate the
 finished CE run, which the suite does after training it.
 
-  python -m safa_jax.suite --suite=cifar10_lt_methods --data=PATH/cifar10 --root=runs/methods
+Its LDAM-DRW and LDAM-DRW-SAFA rows are the same runs as the proxy suite's seed-0 rows, named alike, so with
+the proxy suite's root they train once for both suites (each run folder records its run, and a folder holding
+another run is refused):
+
+  python -m safa_jax.suite --suite=cifar10_lt_methods --data=PATH/cifar10 --root=runs/proxy
 """
 
 from configs.suites.cifar10_lt_proxy import LDAM_DRW, SAFA, SCHEDULE
@@ -31,8 +35,9 @@ METHODS = {
 
 def get_suite(data: str) -> list[Run]:
     common = {"data.source": data_source(data), **SCHEDULE, "seed": 0}
-    runs = [Run(name, CONFIG, {**common, **overrides}, posthoc=POSTHOC.get(name, ()))
+    runs = [Run(f"{name}_seed0", CONFIG, {**common, **overrides}, posthoc=POSTHOC.get(name, ()))
             for name, overrides in METHODS.items()]
-    crt = {"data.source": data_source(data), "seed": 0, **CRT_EPOCHS, "method": "crt", "init_from": run_folder("ce"),
+    crt = {"data.source": data_source(data), "seed": 0, **CRT_EPOCHS, "method": "crt",
+           "init_from": run_folder("ce_seed0"),
            "loss.train_rule": "resample", "loss.sampling_weights": "inverse_count"}
-    return runs + [Run("ce_crt", CONFIG, crt)]
+    return runs + [Run("ce_crt_seed0", CONFIG, crt)]

@@ -9,6 +9,8 @@ epochs). A single seed cannot separate effects under about a point, so the decis
 baseline, the default, the best alternatives) run seeds 0-2; the others run seed 0 first.
 
   python -m safa_jax.suite --suite=cifar10_lt_proxy --data=PATH/cifar10 --root=runs/proxy
+
+The methods suite (`cifar10_lt_methods`) shares its seed-0 LDAM-DRW and LDAM-DRW-SAFA runs under that root.
 """
 
 from safa_jax.suite_spec import Run, data_source
