@@ -217,8 +217,27 @@ def write_report(suite: str, runs: list[Run], root: pathlib.Path, output: pathli
     root.mkdir(parents=True, exist_ok=True)
     (root / RESULTS_JSON).write_text(json.dumps({"suite": suite, "runs": results}, indent=2))
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(suite, results, root))
+    page = output.read_text() if output.exists() else ""
+    output.write_text(with_section(page, suite, markdown(suite, results, root)))
     return results
+
+
+def _markers(suite: str) -> tuple[str, str]:
+    return (f"<!-- suite {suite}: written by `python -m safa_jax.suite --report`; edit its NOTES.md instead -->",
+            f"<!-- end of suite {suite} -->")
+
+
+def with_section(page: str, suite: str, section: str) -> str:
+    """`page` with the suite's section replaced (or appended), so several suites' reports share one page; a page
+    with no suite sections at all (an older report) is replaced."""
+    begin, end = _markers(suite)
+    block = f"{begin}\n{section}{end}\n"
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        return head + block + rest.split(end, 1)[1].removeprefix("\n")
+    if "<!-- suite " not in page:
+        return block
+    return page.rstrip("\n") + "\n\n" + block
 
 
 def export(runs: list[Run], root: pathlib.Path, destination: pathlib.Path) -> list[str]:

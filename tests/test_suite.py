@@ -76,7 +76,8 @@ def test_report_of_hand_made_runs(tmp_path):
     assert "Paper numbers (top-1 error %): table: a." in table
     assert "aaaaaaa @ 0, bbbbbbb+ @ 20" in table
     assert "| b |  | (running; latest 40.00) |" in table and "| c |  | (not run) |" in table
-    assert table.startswith("# Results: suite `demo`") and table.endswith("What the runs showed.\n")
+    assert table.splitlines()[1] == "# Results: suite `demo`"
+    assert table.endswith("What the runs showed.\n<!-- end of suite demo -->\n")
     assert "--root=results/demo --report --output=docs/results.md" in table
     assert json.loads((tmp_path / suite_report.RESULTS_JSON).read_text())["suite"] == "demo"
     listing = suite_report.listing(runs, tmp_path)
@@ -206,3 +207,21 @@ def test_a_run_folder_is_one_run_and_suites_share_the_runs_they_name_alike(tmp_p
     shared = sorted(proxy.keys() & methods.keys())
     assert shared == ["ldam_drw_safa_seed0", "ldam_drw_seed0"]
     assert all(proxy[name].spec() == methods[name].spec() for name in shared)
+
+
+def test_reports_of_two_suites_share_one_page_each_in_its_own_section(tmp_path):
+    write_run(tmp_path / "a", [30.0, 25.0], done=True, final_error=26.5)
+    page = tmp_path / "results.md"
+    page.write_text("# An older report with no sections\n")
+    suite_report.write_report("one", [Run("a", "configs/digits_lt.py")], tmp_path, page)
+    suite_report.write_report("two", [Run("b", "configs/digits_lt.py")], tmp_path, page)
+    first = page.read_text()
+    assert "older report" not in first and first.index("suite `one`") < first.index("suite `two`")
+    assert "| a |  | **26.50** |" in first and "| b |  | (not run) |" in first
+
+    (tmp_path / "a" / "eval_results.json").write_text(json.dumps({  # the run re-evaluated: only its section changes
+        "top1_error": 20.0, "many_shot_accuracy": 91.0, "medium_shot_accuracy": 50.5, "few_shot_accuracy": 12.25}))
+    suite_report.write_report("one", [Run("a", "configs/digits_lt.py")], tmp_path, page)
+    second = page.read_text()
+    assert second == first.replace("| a |  | **26.50** |", "| a |  | **20.00** |")
+    assert second.count("<!-- suite one:") == 1 and second.count("<!-- end of suite two -->") == 1
