@@ -135,6 +135,7 @@ def run_result(run: Run, workdir: pathlib.Path) -> dict[str, Any]:
         "images_per_sec": status.images_per_sec,
         "trained_by": commits,
         "posthoc": _posthoc_results(run, workdir),
+        "compare_to": run.compare_to,
     }
 
 
@@ -184,6 +185,7 @@ def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> s
         lines += ["", "Paper numbers (top-1 error %): " + "; ".join(
             f"{source}: {', '.join(names)}" for source, names in sources.items()) + ". n/a: no class in that group."]
     lines += _posthoc_table(results)
+    lines += _pairs_table(results)
     cpus = sorted({c["cpu"] for r in results for c in r["trained_by"]})
     lines += ["", f"Machines: {'; '.join(cpus) or 'none yet'}. A `+` after a commit: the working tree had "
               "uncommitted changes to tracked files when that start began."]
@@ -209,6 +211,28 @@ def _posthoc_table(results: list[dict[str, Any]]) -> list[str]:
                             for k in ("many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy"))
         lines.append(f"| {r['name']} | {p['posthoc']} | {p['tau']:g} | **{_fmt(p['top1_error'])}** | {change} | "
                      f"{groups} |")
+    return lines
+
+
+def _pairs_table(results: list[dict[str, Any]]) -> list[str]:
+    """Each finished run (and its post-hoc evaluations) beside the finished run it is compared to."""
+    by_name = {r["name"]: r for r in results}
+    rows = []
+    for r in results:
+        other = by_name.get(r["compare_to"])
+        if not (r["finished"] and other and other["finished"]):
+            continue
+        rows.append((r["name"], r["top1_error"], other))
+        rows += [(f"{r['name']} + {p['posthoc']} tau {p['tau']:g}", p["top1_error"], other) for p in r["posthoc"]]
+    if not rows:
+        return []
+    lines = ["", "Pairs: a finished run's final top-1 error beside that of the run the suite measures it against "
+             "(`compare_to`); difference = run - other, negative where the run has the lower error.", "",
+             "| run | final | against | its final | difference |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {_fmt(error)} | {other['name']} | {_fmt(other['top1_error'])} | "
+              f"{error - other['top1_error']:+.2f} |" for name, error, other in rows]
+    lower = [name for name, error, other in rows if error < other["top1_error"]]
+    lines += ["", f"Lower final error than the run they are measured against: {', '.join(lower) or 'none'}."]
     return lines
 
 

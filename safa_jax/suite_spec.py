@@ -28,7 +28,9 @@ class Run:
     overrides: config fields as `{"loss.name": "ldam"}`. paper: the published top-1 error (%) this run
     reproduces, with `paper_source` naming the table; None where the paper has no number. posthoc: the
     post-hoc adjustments to evaluate the finished run with, as (`config.eval.posthoc`, `config.eval.tau`)
-    pairs, e.g. `("logit_adjust", 1.0)`: no retraining, one `--mode=eval` each.
+    pairs, e.g. `("logit_adjust", 1.0)`: no retraining, one `--mode=eval` each. compare_to: the name of the
+    suite's run this one is measured against (SAFA beside its baseline, a rival beside SAFA); the report puts
+    their final errors side by side.
     """
 
     name: str
@@ -37,6 +39,7 @@ class Run:
     paper: float | None = None
     paper_source: str = ""
     posthoc: tuple[tuple[str, float], ...] = ()
+    compare_to: str = ""
 
     def flags(self, root: pathlib.Path | None = None) -> list[str]:
         """The run's `--config...` flags of `python -m safa_jax.main`; `run_folder` values point into `root`."""
@@ -96,11 +99,19 @@ def load_suite(name: str, data: str) -> list[Run]:
         raise ValueError(f"unknown suite {name!r}; allowed: {', '.join(available_suites())} "
                          f"(files in {SUITES_DIR.relative_to(REPOSITORY)})")
     runs = importlib.import_module(f"configs.suites.{name}").get_suite(data)
+    check_runs(name, runs)
+    return runs
+
+
+def check_runs(name: str, runs: list[Run]) -> None:
+    """One clear error for a suite that names a run twice or compares a run to one it does not have."""
     names = [run.name for run in runs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"suite {name!r} names these runs more than once: {', '.join(repeated)}")
-    return runs
+    unknown = sorted({run.compare_to for run in runs if run.compare_to and run.compare_to not in names})
+    if unknown:
+        raise ValueError(f"suite {name!r} compares runs to runs it does not have: {', '.join(unknown)}")
 
 
 def select_runs(runs: list[Run], only: str) -> list[Run]:

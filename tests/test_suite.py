@@ -10,7 +10,7 @@ import pytest
 
 from safa_jax import epoch_log, provenance, suite_report
 from safa_jax.suite import check_same_run, record_run
-from safa_jax.suite_spec import RUN_SPEC_FILE, Run, check_data, data_source, load_suite, select_runs
+from safa_jax.suite_spec import RUN_SPEC_FILE, Run, check_data, check_runs, data_source, load_suite, select_runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -91,6 +91,10 @@ def test_suite_selection_and_data_checks(tmp_path):
     names = [run.name for run in runs]
     assert names[:4] == ["ldam_drw_rho200", "ldam_drw_safa_s2_rho200", "ce_rho200", "ce_safa_s2_rho200"]
     assert runs[1].paper == 22.47 and runs[3].paper == 25.11 and runs[0].paper is None
+    against = {run.name: run.compare_to for run in runs}  # each run beside the SAFA run of its loss and rho
+    assert against["ldam_drw_rho200"] == "ldam_drw_safa_s2_rho200" and against["ce_rho50"] == "ce_safa_s2_rho50"
+    assert against["ldam_drw_safa_s3_rho50"] == "ldam_drw_safa_s2_rho50" and against["ce_rho100"] == ""
+    assert {run.compare_to for run in load_suite("cifar10_lt_methods", "")} == {"", "ldam_drw_safa_seed0"}
     assert runs[1].flags()[:1] == ["--config=configs/cifar10_lt.py:200"]
     config = runs[1].build_config()
     assert config.method == "safa" and config.loss.name == "ldam" and config.data.imbalance_factor == 200.0
@@ -225,3 +229,25 @@ def test_reports_of_two_suites_share_one_page_each_in_its_own_section(tmp_path):
     second = page.read_text()
     assert second == first.replace("| a |  | **26.50** |", "| a |  | **20.00** |")
     assert second.count("<!-- suite one:") == 1 and second.count("<!-- end of suite two -->") == 1
+
+
+def test_report_sets_runs_beside_the_run_they_are_compared_to(tmp_path):
+    write_run(tmp_path / "safa", [30.0, 25.0], done=True, final_error=26.5)
+    write_run(tmp_path / "ce", [40.0, 35.0], done=True, final_error=30.25)
+    write_run(tmp_path / "running", [40.0], done=False)
+    (tmp_path / "ce" / "eval_results_logit_adjust_tau1.json").write_text(json.dumps({
+        "top1_error": 26.0, "many_shot_accuracy": 80.0, "medium_shot_accuracy": 60.0, "few_shot_accuracy": None}))
+    runs = [Run("safa", "configs/digits_lt.py"),
+            Run("ce", "configs/digits_lt.py", posthoc=(("logit_adjust", 1.0),), compare_to="safa"),
+            Run("running", "configs/digits_lt.py", compare_to="safa")]
+    check_runs("demo", runs)
+    suite_report.write_report("demo", runs, tmp_path, tmp_path / "out.md")
+    table = (tmp_path / "out.md").read_text()
+    assert "| ce | 30.25 | safa | 26.50 | +3.75 |" in table
+    assert "| ce + logit_adjust tau 1 | 26.00 | safa | 26.50 | -0.50 |" in table
+    assert "| running |" not in table.split("Pairs:")[1]  # not finished: no pair yet
+    assert "Lower final error than the run they are measured against: ce + logit_adjust tau 1." in table
+    with pytest.raises(ValueError, match="suite 'demo' compares runs to runs it does not have: nope"):
+        check_runs("demo", [Run("a", "configs/digits_lt.py", compare_to="nope")])
+    with pytest.raises(ValueError, match="suite 'demo' names these runs more than once: a"):
+        check_runs("demo", [Run("a", "configs/digits_lt.py"), Run("a", "configs/digits_lt.py")])

@@ -6,7 +6,7 @@ references), Balanced Softmax, mixup (alpha 1, MiSLAS's stage 1, on CE), LDAM-DR
 CE with RSG (generation from epoch 32),
 and cRT on the CE run's backbone (4 epochs of classifier re-training with every class drawn equally often,
 lr 0.1 then x0.01 from epoch 3). Post-hoc logit adjustment and tau-normalisation (tau = 1) evaluate the
-finished CE run, which the suite does after training it.
+finished CE run, which the suite does after training it. The report sets every row beside LDAM-DRW-SAFA's.
 
 Its LDAM-DRW and LDAM-DRW-SAFA rows are the same runs as the proxy suite's seed-0 rows, named alike, so with
 the proxy suite's root they train once for both suites (each run folder records its run, and a folder holding
@@ -35,9 +35,10 @@ METHODS = {
 
 def get_suite(data: str) -> list[Run]:
     common = {"data.source": data_source(data), **SCHEDULE, "seed": 0}
-    runs = [Run(f"{name}_seed0", CONFIG, {**common, **overrides}, posthoc=POSTHOC.get(name, ()))
+    runs = [Run(f"{name}_seed0", CONFIG, {**common, **overrides}, posthoc=POSTHOC.get(name, ()),
+                compare_to="" if name == "ldam_drw_safa" else "ldam_drw_safa_seed0")
             for name, overrides in METHODS.items()]
     crt = {"data.source": data_source(data), "seed": 0, **CRT_EPOCHS, "method": "crt",
            "init_from": run_folder("ce_seed0"),
            "loss.train_rule": "resample", "loss.sampling_weights": "inverse_count"}
-    return runs + [Run("ce_crt_seed0", CONFIG, crt)]
+    return runs + [Run("ce_crt_seed0", CONFIG, crt, compare_to="ldam_drw_safa_seed0")]

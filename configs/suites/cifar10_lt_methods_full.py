@@ -23,5 +23,6 @@ def get_suite(data: str) -> list[Run]:
     source = data_source(data)
     return [Run(name=f"{method}_rho200", config="configs/cifar10_lt.py:200",
                 overrides={"data.source": source, "seed": 0, **overrides},
-                paper=PAPER.get(method, (None, ""))[0], paper_source=PAPER.get(method, (None, ""))[1])
+                paper=PAPER.get(method, (None, ""))[0], paper_source=PAPER.get(method, (None, ""))[1],
+                compare_to="balanced_softmax_safa_s2_rho200" if method == "balanced_softmax" else "")
             for method, overrides in METHODS.items()]

@@ -40,8 +40,10 @@ def get_suite(data: str) -> list[Run]:
     common = {"data.source": data_source(data), **SCHEDULE}
     runs = []
     for seed in SEEDS:
-        runs.append(Run(f"ldam_drw_seed{seed}", "configs/cifar10_lt.py:200", {**common, **LDAM_DRW, "seed": seed}))
+        runs.append(Run(f"ldam_drw_seed{seed}", "configs/cifar10_lt.py:200", {**common, **LDAM_DRW, "seed": seed},
+                        compare_to=f"ldam_drw_safa_seed{seed}"))
         runs.append(Run(f"ldam_drw_safa_seed{seed}", "configs/cifar10_lt.py:200", {**common, **SAFA, "seed": seed}))
-    for name, overrides in ALTERNATIVES.items():
-        runs.append(Run(f"safa_{name}_seed0", "configs/cifar10_lt.py:200", {**common, **SAFA, **overrides, "seed": 0}))
+    for name, overrides in ALTERNATIVES.items():  # each beside the default at the same seed
+        runs.append(Run(f"safa_{name}_seed0", "configs/cifar10_lt.py:200", {**common, **SAFA, **overrides, "seed": 0},
+                        compare_to="ldam_drw_safa_seed0"))
     return runs

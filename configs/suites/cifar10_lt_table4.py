@@ -43,9 +43,19 @@ def _source(method: str, rho: int) -> str:
     return f"{LDAM_PAPER} rho={rho}" if rho == 100 else f"{SUPPLEMENTARY} rho={rho}"
 
 
+# method -> the SAFA run it is measured against at the same rho (where the suite has that run)
+AGAINST = {"ldam_drw": "ldam_drw_safa_s2", "ce": "ce_safa_s2", "ldam_drw_safa_s1": "ldam_drw_safa_s2",
+           "ldam_drw_safa_s3": "ldam_drw_safa_s2"}
+
+
+def _against(method: str, rho: int) -> str:
+    return f"{AGAINST[method]}_rho{rho}" if method in AGAINST and (AGAINST[method], rho) in ORDER else ""
+
+
 def get_suite(data: str) -> list[Run]:
     source = data_source(data)
     return [Run(name=f"{method}_rho{rho}", config=f"configs/cifar10_lt.py:{rho}",
                 overrides={"data.source": source, "seed": 0, **METHODS[method]},
-                paper=PAPER.get((method, rho)), paper_source=_source(method, rho), posthoc=POSTHOC.get(method, ()))
+                paper=PAPER.get((method, rho)), paper_source=_source(method, rho), posthoc=POSTHOC.get(method, ()),
+                compare_to=_against(method, rho))
             for method, rho in ORDER]
