@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import json
 import pathlib
+import re
 import shutil
 import statistics
 from typing import Any
@@ -186,6 +187,7 @@ def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> s
             f"{source}: {', '.join(names)}" for source, names in sources.items()) + ". n/a: no class in that group."]
     lines += _posthoc_table(results)
     lines += _pairs_table(results)
+    lines += _seeds_table(results)
     cpus = sorted({c["cpu"] for r in results for c in r["trained_by"]})
     lines += ["", f"Machines: {'; '.join(cpus) or 'none yet'}. A `+` after a commit: the working tree had "
               "uncommitted changes to tracked files when that start began."]
@@ -233,6 +235,30 @@ def _pairs_table(results: list[dict[str, Any]]) -> list[str]:
               f"{error - other['top1_error']:+.2f} |" for name, error, other in rows]
     lower = [name for name, error, other in rows if error < other["top1_error"]]
     lines += ["", f"Lower final error than the run they are measured against: {', '.join(lower) or 'none'}."]
+    return lines
+
+
+_SEED_SUFFIX = re.compile(r"^(?P<stem>.+)_seed(?P<seed>\d+)$")
+
+
+def _seeds_table(results: list[dict[str, Any]]) -> list[str]:
+    """Runs named STEM_seedN that differ only in seed, where two or more have finished: mean and range, since one
+    seed cannot separate effects under about a point."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        match = _SEED_SUFFIX.match(r["name"])
+        if match and r["finished"]:
+            groups.setdefault(match["stem"], []).append(r)
+    groups = {stem: runs for stem, runs in groups.items() if len(runs) > 1}
+    if not groups:
+        return []
+    lines = ["", "Over seeds: the runs named STEM_seedN that have finished, final top-1 error.", "",
+             "| runs | seeds | mean | min - max | per seed |", "|---|---|---|---|---|"]
+    for stem, runs in groups.items():
+        errors = [r["top1_error"] for r in runs]
+        seeds = [_SEED_SUFFIX.match(r["name"])["seed"] for r in runs]
+        lines.append(f"| {stem} | {', '.join(seeds)} | {_fmt(statistics.mean(errors))} | {_fmt(min(errors))} - "
+                     f"{_fmt(max(errors))} | {', '.join(_fmt(e) for e in errors)} |")
     return lines
 
 

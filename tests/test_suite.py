@@ -251,3 +251,15 @@ def test_report_sets_runs_beside_the_run_they_are_compared_to(tmp_path):
         check_runs("demo", [Run("a", "configs/digits_lt.py", compare_to="nope")])
     with pytest.raises(ValueError, match="suite 'demo' names these runs more than once: a"):
         check_runs("demo", [Run("a", "configs/digits_lt.py"), Run("a", "configs/digits_lt.py")])
+
+
+def test_report_gives_mean_and_range_over_seeds(tmp_path):
+    for name, error in (("safa_seed0", 26.5), ("safa_seed1", 25.0), ("safa_seed2", 27.25), ("ce_seed0", 30.0)):
+        write_run(tmp_path / name, [30.0, 25.0], done=True, final_error=error)
+    write_run(tmp_path / "ce_seed1", [40.0], done=False)
+    runs = [Run(name, "configs/digits_lt.py") for name in ("safa_seed0", "safa_seed1", "safa_seed2", "ce_seed0",
+                                                            "ce_seed1")]
+    suite_report.write_report("demo", runs, tmp_path, tmp_path / "out.md")
+    table = (tmp_path / "out.md").read_text()
+    assert "| safa | 0, 1, 2 | 26.25 | 25.00 - 27.25 | 26.50, 25.00, 27.25 |" in table  # (26.5 + 25 + 27.25) / 3
+    assert "| ce |" not in table  # one finished seed: no row
