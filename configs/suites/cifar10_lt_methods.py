@@ -8,7 +8,7 @@ and cRT on the CE run's backbone (4 epochs of classifier re-training with every 
 lr 0.1 then x0.01 from epoch 3). Post-hoc logit adjustment and tau-normalisation (tau = 1) evaluate the
 finished CE run, which the suite does after training it. The report sets every row beside LDAM-DRW-SAFA's.
 
-Its LDAM-DRW and LDAM-DRW-SAFA rows are the same runs as the proxy suite's seed-0 rows, named alike, so with
+Its CE, LDAM-DRW and LDAM-DRW-SAFA rows are the same runs as the proxy suite's seed-0 rows, named alike, so with
 the proxy suite's root they train once for both suites (each run folder records its run, and a folder holding
 another run is refused):
 

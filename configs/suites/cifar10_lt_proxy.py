@@ -5,14 +5,17 @@ x0.0001 from 36, DRW (class-balanced weights) and SAFA's augmented features from
 after every 5th epoch and every epoch from 32. Same data, model, batch and optimizer as the full protocol.
 Why 40 epochs: a SAFA run then takes about 20-40 minutes on 2 CPU cores (the full protocol 2-5 hours),
 and the second stage, where SAFA's features join the loss, keeps its share of the schedule (8 of 40
-epochs). A single seed cannot separate effects under about a point, so the decisive comparisons (the
-baseline, the default, the best alternatives) run seeds 0-2; the alternatives run seed 0 first, as a screen.
+epochs). Both bases run: CE / CE-SAFA (at the full protocol CE-SAFA trailed CE through the second stage) and LDAM-DRW /
+LDAM-DRW-SAFA. A single seed cannot separate effects under about a point, so the decisive comparisons (the
+baselines, the defaults, the best alternatives) run seeds 0-2; the alternatives run seed 0 first, as a
+screen, each beside its base's default SAFA.
 
   python -m safa_jax.suite --suite=cifar10_lt_proxy --data=PATH/cifar10 --root=runs/proxy
 
-The methods suite (`cifar10_lt_methods`) shares its seed-0 LDAM-DRW and LDAM-DRW-SAFA runs under that root.
+The methods suite (`cifar10_lt_methods`) shares its seed-0 CE, LDAM-DRW and LDAM-DRW-SAFA runs under that root.
 """
 
+from configs.suites.cifar10_lt_table4 import POSTHOC
 from safa_jax.suite_spec import Run, data_source
 
 EPOCHS = 40
@@ -22,7 +25,9 @@ SCHEDULE = {"num_epochs": EPOCHS, "optim.warmup_epochs": 1, "optim.decay_epochs"
             "eval_every_epoch_from": SECOND_STAGE}
 LDAM_DRW = {"loss.name": "ldam", "loss.train_rule": "drw"}
 SAFA = {**LDAM_DRW, "method": "safa", "safa.stage": 2}
-# name -> overrides on top of LDAM-DRW-SAFA's defaults: each alternative that docs/method.md discusses.
+CE_SAFA = {"method": "safa", "safa.stage": 2}
+BASES = {"ce": ({}, CE_SAFA), "ldam_drw": (LDAM_DRW, SAFA)}  # base -> (baseline, its SAFA default)
+# name -> overrides on top of a SAFA default: each alternative that docs/method.md discusses, most likely first.
 ALTERNATIVES = {
     "tail_inverse_frequency": {"safa.tail_sampling": "inverse_frequency"},
     "tail_uniform_classes": {"safa.tail_sampling": "uniform_classes"},
@@ -33,20 +38,27 @@ ALTERNATIVES = {
     "delta_bottleneck_8": {"safa.delta_channels": 8},
     "q_pairs_balanced": {"safa.q_pairs": "balanced"},
 }
+WEIGHTED_ONLY = {"augmented_unweighted"}  # CE has no class weights for it to remove
 SEEDS = (0, 1, 2)
+CONFIG = "configs/cifar10_lt.py:200"
 
 
 def get_suite(data: str) -> list[Run]:
-    """The seed-0 pair first, then each alternative at seed 0 (a screen, most likely cause first), then seeds 1
-    and 2 of the pair: the spread that says which seed-0 differences are larger than seed noise."""
+    """The seed-0 pairs first (CE, then LDAM-DRW), then each alternative at seed 0 (a screen: CE-SAFA's, then
+    LDAM-DRW-SAFA's), then seeds 1 and 2 of the pairs: the spread that says which seed-0 differences are larger
+    than seed noise."""
     common = {"data.source": data_source(data), **SCHEDULE}
 
-    def pair(seed: int) -> list[Run]:
-        return [Run(f"ldam_drw_seed{seed}", "configs/cifar10_lt.py:200", {**common, **LDAM_DRW, "seed": seed},
-                    compare_to=f"ldam_drw_safa_seed{seed}"),
-                Run(f"ldam_drw_safa_seed{seed}", "configs/cifar10_lt.py:200", {**common, **SAFA, "seed": seed})]
+    def pair(base: str, seed: int) -> list[Run]:
+        baseline, safa = BASES[base]
+        return [Run(f"{base}_seed{seed}", CONFIG, {**common, **baseline, "seed": seed}, posthoc=POSTHOC.get(base, ()),
+                    compare_to=f"{base}_safa_seed{seed}"),
+                Run(f"{base}_safa_seed{seed}", CONFIG, {**common, **safa, "seed": seed})]
 
-    alternatives = [Run(f"safa_{name}_seed0", "configs/cifar10_lt.py:200", {**common, **SAFA, **overrides, "seed": 0},
-                        compare_to="ldam_drw_safa_seed0")  # each beside the default at the same seed
-                    for name, overrides in ALTERNATIVES.items()]
-    return pair(0) + alternatives + [run for seed in SEEDS[1:] for run in pair(seed)]
+    def alternatives(base: str) -> list[Run]:
+        return [Run(f"{base}_safa_{name}_seed0", CONFIG, {**common, **BASES[base][1], **overrides, "seed": 0},
+                    compare_to=f"{base}_safa_seed0")
+                for name, overrides in ALTERNATIVES.items() if base == "ldam_drw" or name not in WEIGHTED_ONLY]
+
+    return (pair("ce", 0) + pair("ldam_drw", 0) + alternatives("ce") + alternatives("ldam_drw")
+            + [run for seed in SEEDS[1:] for base in BASES for run in pair(base, seed)])
