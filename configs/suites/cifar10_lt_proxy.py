@@ -6,9 +6,9 @@ after every 5th epoch and every epoch from 32. Same data, model, batch and optim
 Why 40 epochs: a SAFA run then takes about 20-40 minutes on 2 CPU cores (the full protocol 2-5 hours),
 and the second stage, where SAFA's features join the loss, keeps its share of the schedule (8 of 40
 epochs). Both bases run: CE / CE-SAFA (at the full protocol CE-SAFA did not beat CE: 39.90 against 39.94 %)
-and LDAM-DRW / LDAM-DRW-SAFA. A single seed cannot separate effects under about a point, so the decisive comparisons (the
-baselines, the defaults, the best alternatives) run seeds 0-2; the alternatives run seed 0 first, as a
-screen, each beside its base's default SAFA.
+and LDAM-DRW / LDAM-DRW-SAFA. A single seed cannot separate effects under about a point, so the decisive
+comparisons (the baselines, the defaults, the best alternatives) run seeds 0-2; the alternatives run seed 0
+first, as a screen, each beside its base's default SAFA.
 
   python -m safa_jax.suite --suite=cifar10_lt_proxy --data=PATH/cifar10 --root=runs/proxy
 
