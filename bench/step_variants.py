@@ -5,6 +5,8 @@
 --compare keep_block_outputs: with the oneDNN convolutions, the backbone keeping every block's output in
   memory (`safa_jax/cpu/keep_in_memory.py`, the default) against leaving XLA's CPU fusion free to
   recompute earlier blocks inside later ones.
+--compare loss: cross-entropy with the linear head against LDAM with its cosine ("normed") head, the base
+  losses of the reproduction suites.
 Both steps are compiled first; then every round times --steps steps of each variant in turn, so the load
 changes of a shared machine fall on both alike. Prints each variant's median ms per step and the median over
 rounds of the per-round speed-up of the first variant over the second.
@@ -32,20 +34,23 @@ from configs import cifar10_lt  # noqa: E402
 from safa_jax.cpu import keep_in_memory  # noqa: E402
 from safa_jax.models.layer_ops import unchanged  # noqa: E402
 
-# comparison -> ((variant name, config.model overrides, backbone keeps its block outputs) for both variants)
+# comparison -> ((variant name, config overrides, backbone keeps its block outputs) for both variants)
 COMPARISONS = {
-    "batch_norm": (("folded", {"batch_norm": "folded"}, True), ("flax", {"batch_norm": "flax"}, True)),
-    "keep_block_outputs": (("kept", {"conv_backend": "onednn"}, True),
-                           ("recomputed", {"conv_backend": "onednn"}, False)),
+    "batch_norm": (("folded", {"model.batch_norm": "folded"}, True), ("flax", {"model.batch_norm": "flax"}, True)),
+    "keep_block_outputs": (("kept", {"model.conv_backend": "onednn"}, True),
+                           ("recomputed", {"model.conv_backend": "onednn"}, False)),
+    "loss": (("ce", {"loss.name": "ce"}, True), ("ldam", {"loss.name": "ldam"}, True)),
 }
 
 
-def variant_timer(args: argparse.Namespace, model_overrides: dict, keeps_block_outputs: bool):
+def variant_timer(args: argparse.Namespace, overrides: dict, keeps_block_outputs: bool):
     """timer(): images/s of --steps steps of one variant of the step, compiled and warmed up here."""
     config = cifar10_lt.get_config("100")
     config.batch_size = args.batch_size
     config.method = "safa" if args.safa else "plain"
-    config.model.update(model_overrides)
+    for dotted, value in overrides.items():
+        section, field = dotted.split(".")
+        config[section][field] = value
     not_kept = mock.patch.object(keep_in_memory, "keep_in_memory", unchanged)  # what LayerOps for oneDNN take
     with contextlib.nullcontext() if keeps_block_outputs else not_kept:
         run = step_runner(config, synthetic_cifar_lt(), with_augmented=args.safa)
@@ -64,7 +69,7 @@ def main() -> None:
     variants = COMPARISONS[args.compare]
     print("machine:", machine_description())
     print(f"ResNet-32 train step{' with SAFA' if args.safa else ''}, batch {args.batch_size}, 32x32x3 float32, "
-          f"convolutions: {conv_backend_in_use(variants[0][1].get('conv_backend', 'auto'))}; {args.rounds} rounds x "
+          f"convolutions: {conv_backend_in_use(variants[0][1].get('model.conv_backend', 'auto'))}; {args.rounds} rounds x "
           f"{args.steps} steps per variant, after 2 warm-up steps", flush=True)
     rates = timed_in_rounds({name: variant_timer(args, overrides, keeps) for name, overrides, keeps in variants},
                             args.rounds)

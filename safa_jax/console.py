@@ -60,7 +60,11 @@ class ProgressBar:
     """`progress(step)` after every step: step/total, epoch, the latest logged loss, images/s and the ETA.
 
     Reports at most every 0.5 s on a terminal and every 30 s in a log file, and always at the last step; the
-    first call only starts the clock (it follows the compile). Also writes `steps_per_sec` to the metric writer.
+    first call only starts the clock (it follows the compile). The rate is the mean since the clock started, not
+    since the last report: steps are dispatched asynchronously and wait at each logging step, so a short window
+    swings between the dispatch rate and a stall (a 40-minute run once read "ETA 1 day, 7:12:50"), while the
+    mean also counts the evaluations and checkpoints the rest of the run will have. Also writes
+    `steps_per_sec` to the metric writer.
     """
 
     def __init__(self, num_train_steps: int, *, steps_per_epoch: int, batch_size: int, writer, console: Console,
@@ -70,18 +74,19 @@ class ProgressBar:
         self.every_secs = every_secs if every_secs is not None else (
             INTERACTIVE_EVERY_SECS if console.interactive else LOG_FILE_EVERY_SECS)
         self.loss: float | None = None
-        self._last: tuple[int, float] | None = None
-        self._rate: float | None = None
+        self._start: tuple[int, float] | None = None
+        self._last_report = 0.0
 
     def __call__(self, step: int, t: float | None = None) -> bool:
         t = time.monotonic() if t is None else t
-        if self._last is None:
-            self._last = (step, t)
+        if self._start is None:
+            self._start = (step, t)
+            self._last_report = t
             return False
-        last_step, last_t = self._last
-        if step == last_step or not (t - last_t >= self.every_secs or step == self.num_train_steps):
+        start_step, start_t = self._start
+        if step == start_step or not (t - self._last_report >= self.every_secs or step == self.num_train_steps):
             return False
-        steps_per_sec = (step - last_step) / max(t - last_t, 1e-9)
+        steps_per_sec = (step - start_step) / max(t - start_t, 1e-9)
         eta = datetime.timedelta(seconds=round((self.num_train_steps - step) / steps_per_sec))
         epochs = -(-self.num_train_steps // self.steps_per_epoch)
         loss = "" if self.loss is None else f" | loss {self.loss:.4f}"
@@ -89,7 +94,7 @@ class ProgressBar:
                          f"epoch {(step - 1) // self.steps_per_epoch + 1}/{epochs}{loss} | "
                          f"{steps_per_sec * self.batch_size:.0f} images/s | ETA {eta}")
         self.writer.write_scalars(step, {"steps_per_sec": steps_per_sec})
-        self._last = (step, t)
+        self._last_report = t
         return True
 
 

@@ -79,11 +79,9 @@ def check_same_run(run: Run, workdir: pathlib.Path) -> None:
     saved, wanted = json.loads(record.read_text()), run.spec()
     if saved == wanted:
         return
-    diffs = []
-    for key in ("config", *sorted({*saved["overrides"], *wanted["overrides"]})):
-        there, here = (spec if key == "config" else spec["overrides"] for spec in (saved, wanted))
-        if there.get(key) != here.get(key):
-            diffs.append(f"{key}: {_shown(there, key)} there, {_shown(here, key)} here")
+    there, here = ({"config": spec["config"], **spec["overrides"]} for spec in (saved, wanted))
+    diffs = [f"{key}: {_shown(there, key)} there, {_shown(here, key)} here"
+             for key in ("config", *sorted({*there, *here} - {"config"})) if there.get(key) != here.get(key)]
     raise ValueError(f"{workdir} holds another run than the suite's {run.name!r} ({'; '.join(diffs)}); "
                      f"give another --root, or remove {record} to take that run as this one")
 

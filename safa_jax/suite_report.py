@@ -8,7 +8,6 @@ import dataclasses
 import datetime
 import json
 import pathlib
-import re
 import shutil
 import statistics
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from safa_jax.epoch_log import EPOCHS_FILE, TRAINING_DONE_FILE, read_epochs
 from safa_jax.metrics import results_stem
 from safa_jax.provenance import PROVENANCE_FILE, read_provenance
-from safa_jax.suite_spec import RUN_SPEC_FILE, Run
+from safa_jax.suite_spec import RUN_SPEC_FILE, SEED_SUFFIX, Run
 
 RESULTS_JSON = "results.json"
 SMALL_FILES = ("config.json", "split.json", "eval_results.json", "eval_results.txt", EPOCHS_FILE,
@@ -238,15 +237,12 @@ def _pairs_table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-_SEED_SUFFIX = re.compile(r"^(?P<stem>.+)_seed(?P<seed>\d+)$")
-
-
 def _seeds_table(results: list[dict[str, Any]]) -> list[str]:
     """Runs named STEM_seedN that differ only in seed, where two or more have finished: mean and range, since one
-    seed cannot separate effects under about a point."""
+    seed cannot separate effects under about a point (`check_runs` holds such runs to one setting)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        match = _SEED_SUFFIX.match(r["name"])
+        match = SEED_SUFFIX.match(r["name"])
         if match and r["finished"]:
             groups.setdefault(match["stem"], []).append(r)
     groups = {stem: runs for stem, runs in groups.items() if len(runs) > 1}
@@ -256,7 +252,7 @@ def _seeds_table(results: list[dict[str, Any]]) -> list[str]:
              "| runs | seeds | mean | min - max | per seed |", "|---|---|---|---|---|"]
     for stem, runs in groups.items():
         errors = [r["top1_error"] for r in runs]
-        seeds = [_SEED_SUFFIX.match(r["name"])["seed"] for r in runs]
+        seeds = [SEED_SUFFIX.match(r["name"])["seed"] for r in runs]
         lines.append(f"| {stem} | {', '.join(seeds)} | {_fmt(statistics.mean(errors))} | {_fmt(min(errors))} - "
                      f"{_fmt(max(errors))} | {', '.join(_fmt(e) for e in errors)} |")
     return lines

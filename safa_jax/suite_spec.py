@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 from typing import Any
 
 import ml_collections
@@ -103,8 +104,12 @@ def load_suite(name: str, data: str) -> list[Run]:
     return runs
 
 
+SEED_SUFFIX = re.compile(r"^(?P<stem>.+)_seed(?P<seed>\d+)$")  # STEM_seedN: one setting, several seeds
+
+
 def check_runs(name: str, runs: list[Run]) -> None:
-    """One clear error for a suite that names a run twice or compares a run to one it does not have."""
+    """One clear error for a suite that names a run twice, compares a run to one it does not have, or names runs
+    STEM_seedN alike that differ in more than the seed (the report averages those over seeds)."""
     names = [run.name for run in runs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -112,6 +117,16 @@ def check_runs(name: str, runs: list[Run]) -> None:
     unknown = sorted({run.compare_to for run in runs if run.compare_to and run.compare_to not in names})
     if unknown:
         raise ValueError(f"suite {name!r} compares runs to runs it does not have: {', '.join(unknown)}")
+    settings: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        match = SEED_SUFFIX.match(run.name)
+        if match:
+            spec = run.spec()
+            spec["overrides"].pop("seed", None)
+            first = settings.setdefault(match["stem"], spec)
+            if spec != first:
+                raise ValueError(f"suite {name!r} names runs {match['stem']}_seedN that differ in more than the seed "
+                                 f"({run.name}: {spec} against {first})")
 
 
 def select_runs(runs: list[Run], only: str) -> list[Run]:

@@ -31,9 +31,14 @@ def test_progress_line_reports_rate_epoch_loss_and_eta():
     progress.loss = 1.23456
     assert progress(61, t=130.0)  # 60 steps in 30 s: 2 steps/s = 256 images/s; (100 - 61) / 2 = 19.5 s left
     assert stream.getvalue() == "step 61/100 (61.0%) | epoch 7/10 | loss 1.2346 | 256 images/s | ETA 0:00:20\n"
-    assert progress(100, t=135.0)  # the last step always reports
+    assert not progress(70, t=140.0)  # 10 s after the last report
+    assert progress(71, t=400.0)  # a stall: the rate is the mean since the clock started, 70 steps in 300 s
+    assert stream.getvalue().splitlines()[-1] == ("step 71/100 (71.0%) | epoch 8/10 | loss 1.2346 | 30 images/s | "
+                                                  "ETA 0:02:04")
+    assert progress(100, t=401.0)  # the last step always reports
     assert stream.getvalue().splitlines()[-1].startswith("step 100/100 (100.0%) | epoch 10/10")
-    assert recorder.calls == [(61, {"steps_per_sec": 2.0}), (100, {"steps_per_sec": 7.8})]
+    assert recorder.calls == [(61, {"steps_per_sec": 2.0}), (71, {"steps_per_sec": 70 / 300}),
+                              (100, {"steps_per_sec": 99 / 301})]
 
 
 def test_progress_is_redrawn_in_place_on_a_terminal_and_lines_clear_it():

@@ -251,6 +251,11 @@ def test_report_sets_runs_beside_the_run_they_are_compared_to(tmp_path):
         check_runs("demo", [Run("a", "configs/digits_lt.py", compare_to="nope")])
     with pytest.raises(ValueError, match="suite 'demo' names these runs more than once: a"):
         check_runs("demo", [Run("a", "configs/digits_lt.py"), Run("a", "configs/digits_lt.py")])
+    check_runs("demo", [Run("a_seed0", "configs/digits_lt.py", {"seed": 0, "batch_size": 8}),
+                        Run("a_seed1", "configs/digits_lt.py", {"batch_size": 8, "seed": 1})])
+    with pytest.raises(ValueError, match=r"names runs a_seedN that differ in more than the seed \(a_seed1: "):
+        check_runs("demo", [Run("a_seed0", "configs/digits_lt.py", {"seed": 0, "batch_size": 8}),
+                            Run("a_seed1", "configs/digits_lt.py", {"seed": 1, "batch_size": 16})])
 
 
 def test_report_gives_mean_and_range_over_seeds(tmp_path):
