@@ -33,6 +33,7 @@ from bench.train_throughput import conv_backend_in_use, step_runner, synthetic_c
 from configs import cifar10_lt  # noqa: E402
 from safa_jax.cpu import keep_in_memory  # noqa: E402
 from safa_jax.models.layer_ops import unchanged  # noqa: E402
+from safa_jax.suite_spec import with_overrides  # noqa: E402
 
 # comparison -> ((variant name, config overrides, backbone keeps its block outputs) for both variants)
 COMPARISONS = {
@@ -48,9 +49,7 @@ def variant_timer(args: argparse.Namespace, overrides: dict, keeps_block_outputs
     config = cifar10_lt.get_config("100")
     config.batch_size = args.batch_size
     config.method = "safa" if args.safa else "plain"
-    for dotted, value in overrides.items():
-        section, field = dotted.split(".")
-        config[section][field] = value
+    with_overrides(config, overrides)
     not_kept = mock.patch.object(keep_in_memory, "keep_in_memory", unchanged)  # what LayerOps for oneDNN take
     with contextlib.nullcontext() if keeps_block_outputs else not_kept:
         run = step_runner(config, synthetic_cifar_lt(), with_augmented=args.safa)
@@ -69,8 +68,8 @@ def main() -> None:
     variants = COMPARISONS[args.compare]
     print("machine:", machine_description())
     print(f"ResNet-32 train step{' with SAFA' if args.safa else ''}, batch {args.batch_size}, 32x32x3 float32, "
-          f"convolutions: {conv_backend_in_use(variants[0][1].get('model.conv_backend', 'auto'))}; {args.rounds} rounds x "
-          f"{args.steps} steps per variant, after 2 warm-up steps", flush=True)
+          f"convolutions: {conv_backend_in_use(variants[0][1].get('model.conv_backend', 'auto'))}; "
+          f"{args.rounds} rounds x {args.steps} steps per variant, after 2 warm-up steps", flush=True)
     rates = timed_in_rounds({name: variant_timer(args, overrides, keeps) for name, overrides, keeps in variants},
                             args.rounds)
     for name, _, _ in variants:

@@ -62,7 +62,7 @@ class ProgressBar:
     Reports at most every 0.5 s on a terminal and every 30 s in a log file, and always at the last step; the
     first call only starts the clock (it follows the compile). The rate is the mean since the clock started, not
     since the last report: steps are dispatched asynchronously and wait at each logging step, so a short window
-    swings between the dispatch rate and a stall (a 40-minute run once read "ETA 1 day, 7:12:50"), while the
+    swings between the dispatch rate and a stall (a two-hour run once read "ETA 1 day, 7:12:50"), while the
     mean also counts the evaluations and checkpoints the rest of the run will have. Also writes
     `steps_per_sec` to the metric writer.
     """

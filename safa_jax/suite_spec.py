@@ -57,14 +57,18 @@ class Run:
         """The run's config as `python -m safa_jax.main` would build it (no JAX needed): for listings."""
         path, _, arg = self.config.partition(":")
         module = importlib.import_module(".".join(pathlib.Path(path).with_suffix("").parts))
-        config = module.get_config(arg or None)
-        for dotted, value in self.overrides.items():
-            node = config
-            *parents, leaf = dotted.split(".")
-            for part in parents:
-                node = node[part]
-            node[leaf] = tuple(value) if isinstance(value, list) else value
-        return config
+        return with_overrides(module.get_config(arg or None), self.overrides)
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """`config` with dotted overrides set in place, as `--config.a.b=value` flags would (JSON's lists as tuples)."""
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    return config
 
 
 _ROOT_PLACEHOLDER = "{root}"
