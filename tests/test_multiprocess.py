@@ -34,7 +34,10 @@ def _command(workdir: pathlib.Path, extra=()):
 
 
 def _env(devices: int) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO), JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
+    """Without the tests' compilation cache: with it warm, the two workers reached their first collective
+    far apart on a loaded 2-core machine and Gloo's 30 s rendezvous timed out (seen twice; cold, it passed)."""
+    environ = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return dict(environ, PYTHONPATH=str(REPO), JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
 
 
 def test_two_processes_match_one_process(tmp_path):
