@@ -94,7 +94,7 @@ def test_suite_selection_and_data_checks(tmp_path):
     against = {run.name: run.compare_to for run in runs}  # each run beside the SAFA run of its loss and rho
     assert against["ldam_drw_rho200"] == "ldam_drw_safa_s2_rho200" and against["ce_rho50"] == "ce_safa_s2_rho50"
     assert against["ldam_drw_safa_s3_rho50"] == "ldam_drw_safa_s2_rho50" and against["ce_rho100"] == ""
-    assert {run.compare_to for run in load_suite("cifar10_lt_methods", "")} == {"", "ldam_drw_safa_seed0"}
+    assert {run.compare_to for run in load_suite("cifar10_lt_methods", "")} == {"", "ldam_drw_safa_seed0", "ce_seed1"}
     assert runs[1].flags()[:1] == ["--config=configs/cifar10_lt.py:200"]
     config = runs[1].build_config()
     assert config.method == "safa" and config.loss.name == "ldam" and config.data.imbalance_factor == 200.0
@@ -183,13 +183,13 @@ def test_every_suite_builds_configs_that_pass_the_checks_and_second_stages_point
         for run in runs:
             config = run.build_config()
             if config.init_from:  # a second stage: its first stage's folder exists once that run has trained
-                (tmp_path / "ce_seed0" / "checkpoints").mkdir(parents=True, exist_ok=True)
+                (tmp_path / "ce_seed1" / "checkpoints").mkdir(parents=True, exist_ok=True)
                 config.init_from = dict(f.split("=", 1) for f in run.flags(tmp_path)[1:])["--config.init_from"]
             validate_config(config)
-    crt = {run.name: run for run in load_suite("cifar10_lt_methods", "")}["ce_crt_seed0"]
-    assert f"--config.init_from={tmp_path.resolve() / 'ce_seed0'}" in crt.flags(tmp_path)
+    crt = {run.name: run for run in load_suite("cifar10_lt_methods", "")}["ce_crt_seed1"]
+    assert f"--config.init_from={tmp_path.resolve() / 'ce_seed1'}" in crt.flags(tmp_path)
     names = [run.name for run in load_suite("cifar10_lt_methods", "")]
-    assert names.index("ce_seed0") < names.index("ce_crt_seed0")
+    assert names.index("ce_seed1") < names.index("ce_crt_seed1")
     with pytest.raises(ValueError, match="names a run folder; the suite's root is needed"):
         crt.flags()
 
@@ -209,7 +209,7 @@ def test_a_run_folder_is_one_run_and_suites_share_the_runs_they_name_alike(tmp_p
     proxy = {r.name: r for r in load_suite("cifar10_lt_proxy", str(tmp_path))}
     methods = {r.name: r for r in load_suite("cifar10_lt_methods", str(tmp_path))}
     shared = sorted(proxy.keys() & methods.keys())
-    assert shared == ["ce_seed0", "ldam_drw_safa_seed0", "ldam_drw_seed0"]
+    assert shared == ["ce_seed0", "ce_seed1", "ldam_drw_safa_seed0", "ldam_drw_seed0"]
     assert all(proxy[name].spec() == methods[name].spec() for name in shared)
 
 
