@@ -155,7 +155,8 @@ def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> s
         + " --report --output=docs/results.md`.", "",
         "Top-1 error % on the full test set. *final*: the model after the last epoch (our primary number). "
         "*best (test-selected)*: the lowest test error over the evaluated epochs, what the LDAM-DRW code prints "
-        "as `best_acc1`: it selects on the test set, so it is optimistic. many / medium / few: final accuracy % "
+        "as `best_acc1`: it selects on the test set, so it is optimistic; its epoch counts from 0, as epochs.csv and "
+        "that code do (the console's `epoch 40/40` is epoch 39 here). many / medium / few: final accuracy % "
         "on classes with > 100, 20-100, < 20 training images. A run still training shows its epochs and its "
         "latest evaluated error instead.", "",
         "| run | paper | final | best (test-selected), epoch | many | medium | few | epochs | hours (train + eval) "
