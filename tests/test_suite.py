@@ -96,7 +96,8 @@ def test_suite_selection_and_data_checks(tmp_path):
     assert against["ldam_drw_safa_s3_rho50"] == "ldam_drw_safa_s2_rho50" and against["ce_rho100"] == ""
     best = runs[4].build_config()  # the proxy study's CE-SAFA setting, beside the default CE-SAFA
     assert against[runs[4].name] == "ce_safa_s2_rho200" and best.safa.tail_sampling == "inverse_frequency"
-    assert best.loss.name == "ce" and best.method == "safa" and runs[3].build_config().safa.tail_sampling == "batch_samples"
+    assert best.loss.name == "ce" and best.method == "safa"
+    assert runs[3].build_config().safa.tail_sampling == "batch_samples"
     assert {run.compare_to for run in load_suite("cifar10_lt_methods", "")} == {"", "ldam_drw_safa_seed0", "ce_seed1"}
     assert runs[1].flags()[:1] == ["--config=configs/cifar10_lt.py:200"]
     config = runs[1].build_config()

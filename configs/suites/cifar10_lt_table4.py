@@ -22,13 +22,14 @@ PAPER = {  # (method, rho) -> top-1 error %
     ("ldam_drw_safa_s3", 200): 23.16, ("ldam_drw_safa_s3", 50): 17.63,
     ("ldam_drw", 100): 22.97, ("ce", 100): 29.64,  # a check of our protocol where the baselines are published
 }
+CE_SAFA_S2 = {"method": "safa", "safa.stage": 2}
 METHODS = {
     "ldam_drw": {"loss.name": "ldam", "loss.train_rule": "drw"},
     "ldam_drw_safa_s2": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 2},
     "ce": {},
-    "ce_safa_s2": {"method": "safa", "safa.stage": 2},
+    "ce_safa_s2": CE_SAFA_S2,
     # the proxy study's best CE-SAFA setting (cifar10_lt_proxy: 49.45 % against the default's 51.02 %, seeds 0-1)
-    "ce_safa_s2_tail_inverse_frequency": {"method": "safa", "safa.stage": 2, "safa.tail_sampling": "inverse_frequency"},
+    "ce_safa_s2_tail_inverse_frequency": {**CE_SAFA_S2, "safa.tail_sampling": "inverse_frequency"},
     "ldam_drw_safa_s1": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 1},
     "ldam_drw_safa_s3": {"loss.name": "ldam", "loss.train_rule": "drw", "method": "safa", "safa.stage": 3},
 }
