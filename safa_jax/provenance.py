@@ -28,15 +28,26 @@ def git_commit() -> tuple[str, bool | None]:
     return commit, dirty
 
 
-def cpu_model() -> str:
-    """The CPU's model name (the speed of a run depends on it), or the platform's processor string."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and widest vector extension ("AMD EPYC, AVX-512"), or the platform's processor
+    string: the speed of a run depends on both, and one model name covers machines with and without AVX-512."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model = flags = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = value
+    if not model:
+        return platform.processor() or "unknown"
+    names = set(flags.split())
+    vector = "AVX-512" if "avx512f" in names else "AVX2" if "avx2" in names else ""
+    return f"{model}, {vector}" if vector else model
 
 
 def record_start(workdir: str | pathlib.Path, *, start_step: int, device: str) -> dict:

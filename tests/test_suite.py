@@ -86,6 +86,16 @@ def test_report_of_hand_made_runs(tmp_path):
     assert "0:00:07" in listing
 
 
+def test_provenance_names_the_cpu_with_its_widest_vector_extension():
+    """One model name ("AMD EPYC") covers machines with and without AVX-512, which train at different speeds."""
+    def cpuinfo(flags):
+        return "\n".join(f"processor\t: {i}\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n" for i in range(2))
+    assert provenance.cpu_model(cpuinfo("fpu sse2 avx avx2 avx512f avx512bw")) == "AMD EPYC, AVX-512"
+    assert provenance.cpu_model(cpuinfo("fpu sse2 avx avx2 fma")) == "AMD EPYC, AVX2"
+    assert provenance.cpu_model(cpuinfo("fpu sse2")) == "AMD EPYC"
+    assert provenance.cpu_model("") != ""  # no cpuinfo: the platform's processor string or "unknown"
+
+
 def test_suite_selection_and_data_checks(tmp_path):
     runs = load_suite("cifar10_lt_table4", "")
     names = [run.name for run in runs]
