@@ -4,24 +4,20 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
 
+from safa_jax.provenance import cpu_model
+
 
 def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    """The CPU (model and vector extension), JAX's devices and the flags: what a recorded figure depends on."""
     import jax
     devices = jax.devices()
-    return (f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {len(devices)} x {devices[0].device_kind}; "
-            f"Python {sys.version.split()[0]}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    return (f"{cpu_model()}, {os.cpu_count()} cores; JAX {jax.__version__} on {len(devices)} x "
+            f"{devices[0].device_kind}; Python {sys.version.split()[0]}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def report(label: str, rates: list[float]) -> float:
