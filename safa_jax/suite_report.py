@@ -15,6 +15,7 @@ from typing import Any
 from safa_jax.epoch_log import EPOCHS_FILE, TRAINING_DONE_FILE, read_epochs
 from safa_jax.metrics import results_stem
 from safa_jax.provenance import PROVENANCE_FILE, read_provenance
+from safa_jax.suite_figure import write_suite_figure
 from safa_jax.suite_spec import RUN_SPEC_FILE, SEED_SUFFIX, Run
 
 RESULTS_JSON = "results.json"
@@ -146,7 +147,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 NOTES_FILE = "NOTES.md"  # hand-written findings kept beside a suite's exported results, put under the table.
 
 
-def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> str:
+def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path, figure: str | None = None) -> str:
+    """`figure`: the file name, beside the page, of the suite's figure (suite_figure.py), where one was drawn."""
     lines = [
         f"# Results: suite `{suite}`", "",
         "Trained with `python -m safa_jax.suite --suite=" + suite + " --data=PATH/cifar10 --root=runs/" + suite
@@ -185,6 +187,10 @@ def markdown(suite: str, results: list[dict[str, Any]], root: pathlib.Path) -> s
     if sources:
         lines += ["", "Paper numbers (top-1 error %): " + "; ".join(
             f"{source}: {', '.join(names)}" for source, names in sources.items()) + ". n/a: no class in that group."]
+    if figure:
+        lines += ["", f"![suite {suite}: test error over epochs, final accuracy per class]({figure})", "",
+                  f"`{figure}`, drawn by the same command: left, each run's test top-1 error at its evaluated epochs; "
+                  "right, each finished run's final accuracy per class, classes from most to fewest training images."]
     lines += _posthoc_table(results)
     lines += _pairs_table(results)
     lines += _seeds_table(results)
@@ -264,8 +270,10 @@ def write_report(suite: str, runs: list[Run], root: pathlib.Path, output: pathli
     root.mkdir(parents=True, exist_ok=True)
     (root / RESULTS_JSON).write_text(json.dumps({"suite": suite, "runs": results}, indent=2))
     output.parent.mkdir(parents=True, exist_ok=True)
+    figure = f"{suite}.png"
+    drawn = write_suite_figure(suite, runs, root, output.parent / figure)
     page = output.read_text() if output.exists() else ""
-    output.write_text(with_section(page, suite, markdown(suite, results, root)))
+    output.write_text(with_section(page, suite, markdown(suite, results, root, figure if drawn else None)))
     return results
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from safa_jax import epoch_log, provenance, suite_report
+from safa_jax import epoch_log, provenance, suite_figure, suite_report
 from safa_jax.suite import check_same_run, record_run
 from safa_jax.suite_spec import RUN_SPEC_FILE, Run, check_data, check_runs, data_source, load_suite, select_runs
 
@@ -270,6 +270,29 @@ def test_report_sets_runs_beside_the_run_they_are_compared_to(tmp_path):
     with pytest.raises(ValueError, match=r"names runs a_seedN that differ in more than the seed \(a_seed1: "):
         check_runs("demo", [Run("a_seed0", "configs/digits_lt.py", {"seed": 0, "batch_size": 8}),
                             Run("a_seed1", "configs/digits_lt.py", {"seed": 1, "batch_size": 16})])
+
+
+def test_report_draws_each_runs_test_error_over_epochs_and_final_accuracy_per_class(tmp_path):
+    write_run(tmp_path / "a", [30.0, None, 25.0, 27.0], done=True, final_error=26.5)
+    write_run(tmp_path / "b", [40.0, 35.0], done=False)
+    results = json.loads((tmp_path / "a" / "eval_results.json").read_text())
+    results.update(per_class_accuracy=[90.0, 10.0, 50.0], train_class_counts=[100, 5, 20],
+                   class_names=["x", "y", "z"])
+    (tmp_path / "a" / "eval_results.json").write_text(json.dumps(results))
+    runs = [Run("a", "configs/digits_lt.py"), Run("b", "configs/digits_lt.py"), Run("c", "configs/digits_lt.py")]
+    over_epochs, per_class = suite_figure.suite_figure("demo", runs, tmp_path).axes
+    assert [(line.get_label(), list(line.get_xdata()), list(line.get_ydata())) for line in over_epochs.lines] == [
+        ("a", [1, 3, 4], [30.0, 25.0, 27.0]), ("b", [1, 2], [40.0, 35.0])]  # epochs from 1; c has none
+    [line] = per_class.lines  # only the finished run; classes from most to fewest training images
+    assert list(line.get_ydata()) == [90.0, 50.0, 10.0]
+    assert [tick.get_text() for tick in per_class.get_xticklabels()] == ["x\n100", "z\n20", "y\n5"]
+    suite_report.write_report("demo", runs, tmp_path, tmp_path / "docs" / "out.md")
+    assert (tmp_path / "docs" / "demo.png").read_bytes().startswith(b"\x89PNG")
+    assert "![suite demo: test error over epochs, final accuracy per class](demo.png)" in (
+        tmp_path / "docs" / "out.md").read_text()
+    suite_report.write_report("empty", [Run("c", "configs/digits_lt.py")], tmp_path, tmp_path / "docs" / "out.md")
+    assert not (tmp_path / "docs" / "empty.png").exists()
+    assert "](empty.png)" not in (tmp_path / "docs" / "out.md").read_text()
 
 
 def test_report_gives_mean_and_range_over_seeds(tmp_path):
