@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -293,6 +294,23 @@ def test_report_draws_each_runs_test_error_over_epochs_and_final_accuracy_per_cl
     suite_report.write_report("empty", [Run("c", "configs/digits_lt.py")], tmp_path, tmp_path / "docs" / "out.md")
     assert not (tmp_path / "docs" / "empty.png").exists()
     assert "](empty.png)" not in (tmp_path / "docs" / "out.md").read_text()
+
+
+def test_docs_results_is_the_report_of_the_committed_results():
+    """docs/results.md is, section by section, what `--report --root=results/SUITE --output=docs/results.md` writes
+    from the committed results: a hand edit, or a result or NOTES.md committed without regenerating, fails here."""
+    page = (REPO / "docs" / "results.md").read_text()
+    suites = re.findall(r"^<!-- suite (\S+): written by", page, re.M)
+    assert suites
+    for suite in suites:
+        root = REPO / "results" / suite
+        results = [suite_report.run_result(run, root / run.name) for run in load_suite(suite, "")]
+        figure = f"{suite}.png"
+        assert (REPO / "docs" / figure).exists(), f"docs/{figure} is missing"
+        section = suite_report.markdown(suite, results, root, figure)
+        assert suite_report.with_section(page, suite, section) == page, (
+            f"docs/results.md's section of {suite} is stale: run `python -m safa_jax.suite --suite={suite} "
+            f"--root=results/{suite} --report --output=docs/results.md`")
 
 
 def test_report_gives_mean_and_range_over_seeds(tmp_path):
