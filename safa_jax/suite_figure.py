@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 from safa_jax.epoch_log import TRAINING_DONE_FILE, read_epochs
 from safa_jax.suite_spec import Run
 
+MAX_NAMED_CLASSES = 30  # beyond this (ImageNet-LT's 1000) the class axis is a rank, not names
+
 
 def _final_per_class(workdir: pathlib.Path) -> dict | None:
     path = workdir / "eval_results.json"
@@ -49,11 +51,11 @@ def suite_figure(suite: str, runs: list[Run], root: pathlib.Path) -> Figure | No
         for name, final in finals.items():
             per_class.plot(range(len(order)), [final["per_class_accuracy"][c] for c in order], color=colors[name],
                            marker="o", markersize=3, linewidth=1.0)
-        names = first.get("class_names") or [str(c) for c in range(len(counts))]
-        per_class.set_xticks(range(len(order)), [f"{names[c]}\n{counts[c]}" for c in order],
-                             fontsize=8 if len(order) <= 20 else 6)
+        if len(order) <= MAX_NAMED_CLASSES:
+            names = first.get("class_names") or [str(c) for c in range(len(counts))]
+            per_class.set_xticks(range(len(order)), [f"{names[c]}\n{counts[c]}" for c in order], fontsize=8)
     per_class.set(title="final test accuracy (%) per class (training images below the name)",
-                  xlabel="class, most to fewest training images")
+                  xlabel="class, most to fewest training images (rank where there are many)")
     for axis in (over_epochs, per_class):
         axis.grid(alpha=0.3)
     figure.legend(*over_epochs.get_legend_handles_labels(), loc="outside right upper", fontsize=8)

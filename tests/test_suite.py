@@ -291,6 +291,10 @@ def test_report_draws_each_runs_test_error_over_epochs_and_final_accuracy_per_cl
     assert (tmp_path / "docs" / "demo.png").read_bytes().startswith(b"\x89PNG")
     assert "![suite demo: test error over epochs, final accuracy per class](demo.png)" in (
         tmp_path / "docs" / "out.md").read_text()
+    results.update(per_class_accuracy=[1.0] * 31, train_class_counts=list(range(31, 0, -1)), class_names=["n"] * 31)
+    (tmp_path / "a" / "eval_results.json").write_text(json.dumps(results))  # too many classes to name: ranks
+    per_class = suite_figure.suite_figure("demo", runs, tmp_path).axes[1]
+    assert "n" not in {tick.get_text().split("\n")[0] for tick in per_class.get_xticklabels()}
     suite_report.write_report("empty", [Run("c", "configs/digits_lt.py")], tmp_path, tmp_path / "docs" / "out.md")
     assert not (tmp_path / "docs" / "empty.png").exists()
     assert "](empty.png)" not in (tmp_path / "docs" / "out.md").read_text()
