@@ -15,7 +15,9 @@ first, as a screen, each beside its base's default SAFA.
 The methods suite (`cifar10_lt_methods`) shares its seed-0 CE, LDAM-DRW and LDAM-DRW-SAFA runs under that root.
 """
 
-from configs.suites.cifar10_lt_table4 import POSTHOC
+from configs.suites.cifar10_lt_table4 import CE_SAFA_S2 as CE_SAFA
+from configs.suites.cifar10_lt_table4 import LDAM_DRW, POSTHOC
+from configs.suites.cifar10_lt_table4 import LDAM_DRW_SAFA_S2 as SAFA
 from safa_jax.suite_spec import Run, data_source
 
 EPOCHS = 40
@@ -23,9 +25,6 @@ SECOND_STAGE = 32
 SCHEDULE = {"num_epochs": EPOCHS, "optim.warmup_epochs": 1, "optim.decay_epochs": (SECOND_STAGE, 36),
             "loss.second_stage_epoch": SECOND_STAGE, "safa.start_epoch": SECOND_STAGE,
             "eval_every_epoch_from": SECOND_STAGE}
-LDAM_DRW = {"loss.name": "ldam", "loss.train_rule": "drw"}
-SAFA = {**LDAM_DRW, "method": "safa", "safa.stage": 2}
-CE_SAFA = {"method": "safa", "safa.stage": 2}
 BASES = {"ce": ({}, CE_SAFA), "ldam_drw": (LDAM_DRW, SAFA)}  # base -> (baseline, its SAFA default)
 # name -> overrides on top of a SAFA default: each alternative that docs/method.md discusses, most likely first.
 ALTERNATIVES = {
