@@ -3,17 +3,58 @@
 Why not the log: absl and Orbax print dozens of INFO lines per checkpoint. The entry points set the
 libraries' logs to warnings (`--log_level=info` brings them back) and the train loop talks through here.
 On a terminal the progress line is redrawn in place; in a log file (not a TTY) it is one line every 30 s.
-Only process 0 prints.
+Only process 0 prints. TensorFlow's start-up notices, which no log level reaches, are filtered out at import.
 """
 
 import datetime
+import importlib
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 INTERACTIVE_EVERY_SECS = 0.5
 LOG_FILE_EVERY_SECS = 30.0
+
+
+# Informational lines TensorFlow's C++ start-up writes straight to file descriptor 2, through absl before any log
+# level is set (so TF_CPP_MIN_LOG_LEVEL does not reach the oneDNN one); the first is printed once per library.
+TENSORFLOW_STARTUP_NOTICES = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on.",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions:",
+)
+
+
+def without_startup_notices(text: str) -> str:
+    """`text` without the lines that carry one of TENSORFLOW_STARTUP_NOTICES; every other line kept as it was."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not any(notice in line for notice in TENSORFLOW_STARTUP_NOTICES))
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow (where installed) with its start-up notices filtered out of stderr, so that later imports
+    (tf.data, tfds, clu's TensorBoard writer) find it loaded and print nothing. Any other line written to stderr
+    during the import, a warning or an error, is passed on."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved_stderr = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            importlib.import_module("tensorflow")
+        except ImportError:
+            pass  # machines without TensorFlow (a lent GPU machine) use the fallbacks of data/ and metrics.py
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            sys.stderr.write(without_startup_notices(captured.read().decode(errors="replace")))
+            sys.stderr.flush()
 
 
 def _is_tty(stream: TextIO) -> bool:

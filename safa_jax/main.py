@@ -116,6 +116,9 @@ def main(argv: list[str]) -> None:
     print(f"safa_jax: JAX {jax.__version__} on {jax.device_count()} device(s): {jax.devices()[0].device_kind}"
           + (f" (process {jax.process_index()} of {jax.process_count()})" if jax.process_count() > 1 else ""),
           file=sys.stderr, flush=True)
+    if _LOG_LEVEL.value not in ("debug", "info"):
+        from safa_jax.console import import_tensorflow_quietly  # noqa: PLC0415
+        import_tensorflow_quietly()
     from safa_jax.train import TrainingStopped  # noqa: PLC0415
     try:
         if _MODE.value == "train":

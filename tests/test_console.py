@@ -1,6 +1,9 @@
 """The console: the progress line (rate, ETA, in place on a terminal), the epoch line, and the curves figure."""
 
 import io
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -63,6 +66,44 @@ def test_epoch_summary_line():
     assert line == ("epoch 25/200: loss 2.0212, train accuracy 85.92 %, 487 images/s; test top-1 error 56.33 % "
                     "(accuracy many 60.91 / medium 3.43 / few n/a %)")
     assert console.epoch_summary(0, 2, {"loss": 1.0, "train_accuracy": 50.0}, 10.0, None).endswith("10 images/s")
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ONEDNN_NOTICE = ("I0000 00:00:1796357859.380562   22723 port.cc:153] oneDNN custom operations are on. You may see "
+                 "slightly different numerical results due to floating-point round-off errors.\n")
+
+
+def _stderr_of(code: str, *path: pathlib.Path) -> str:
+    pythonpath = ":".join(str(p) for p in (*path, REPO))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath}).stderr
+
+
+def test_startup_notices_are_dropped_and_every_other_line_kept():
+    text = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n" + ONEDNN_NOTICE
+            + "W0000 some_op.cc:12] a real warning\nTraceback (most recent call last):\n")
+    kept = "W0000 some_op.cc:12] a real warning\nTraceback (most recent call last):\n"
+    assert console.without_startup_notices(text) == kept
+
+
+def test_quiet_import_filters_the_file_descriptor_and_passes_other_lines(tmp_path):
+    # A stand-in TensorFlow that writes as the real one does: to file descriptor 2, past Python's sys.stderr.
+    (tmp_path / "tensorflow.py").write_text(
+        f"import os\nos.write(2, {ONEDNN_NOTICE.encode()!r})\nos.write(2, b'E0000 real.cc:1] kept\\n')\n")
+    code = ("from safa_jax.console import import_tensorflow_quietly as q; import sys;"
+            " q(); print('after', file=sys.stderr)")
+    assert _stderr_of("import tensorflow", tmp_path).startswith("I0000")  # the stand-in does print the notice
+    assert _stderr_of(code, tmp_path) == "E0000 real.cc:1] kept\nafter\n"
+
+
+def test_quiet_import_silences_the_real_tensorflow():
+    loud = _stderr_of("import tensorflow")
+    if "oneDNN" not in loud:
+        import pytest  # noqa: PLC0415
+        pytest.skip("this TensorFlow build prints no oneDNN notice on this CPU")
+    quiet = _stderr_of("from safa_jax.console import import_tensorflow_quietly as q; q(); import tensorflow as tf; "
+                       "tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64), lambda a, b: a + b)")
+    assert "oneDNN" not in quiet and "absl::InitializeLog" not in quiet, quiet
 
 
 def test_curves_figure_from_epochs_csv(tmp_path):
